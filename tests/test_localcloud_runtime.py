@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import boto3
@@ -13,7 +15,7 @@ import pytest
 from botocore.config import Config
 
 from cosmicai.lambda_report import parse_report_lines
-from cosmicai.localcloud.cloud import LocalCloud, zip_directory
+from cosmicai.localcloud.cloud import LocalCloud
 from cosmicai.localcloud.server import LOCAL_CREDENTIALS
 
 HANDLERS = """
@@ -45,6 +47,16 @@ def hog(event, context):
     time.sleep(2)
     return len(blob)
 """
+
+
+def zip_directory(directory: Path) -> bytes:
+    """A deployment zip of a folder's files."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(directory.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(directory).as_posix())
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from cosmicai.inference.errors import CosmicAIError
-from cosmicai.localcloud.cloud import FunctionSettings, LocalCloud
+from cosmicai.defaults import FunctionSettings
+from cosmicai.localcloud.cloud import LocalCloud
 from cosmicai.localcloud.mirror import LocalS3Mirror
 from cosmicai.localcloud.session import upload_inputs
 from cosmicai.payload import validate_payload

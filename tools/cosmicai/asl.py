@@ -10,13 +10,9 @@ import json
 import re
 from pathlib import Path
 
-TEMPLATE = (
-    Path(__file__).resolve().parents[2]
-    / "terraform"
-    / "modules"
-    / "pipeline"
-    / "state_machine.asl.json.tftpl"
-)
+from cosmicai.artifacts import state_machine_template
+
+TEMPLATE = state_machine_template()
 _PLACEHOLDER = re.compile(r"\$\{([a-z_][a-z0-9_]*)\}")
 
 

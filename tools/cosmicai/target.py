@@ -16,7 +16,7 @@ import boto3
 from cosmicai.inference.errors import CosmicAIError
 
 FUNCTION_ROLES = ("init", "executor", "summarize")
-DEFAULT_TERRAFORM_DIR = Path(__file__).resolve().parents[2] / "terraform"
+DEFAULT_TERRAFORM_DIR = Path("terraform")  # the Terraform root, run from the checkout's top
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ def sweep_local(
     mirror: LocalS3Mirror | None = None,
 ) -> list[TuneResult]:
     """Run every configuration on a fresh local cloud whose executor has that memory."""
-    from cosmicai.localcloud.cloud import DEFAULT_FUNCTIONS
+    from cosmicai.defaults import FUNCTIONS
     from cosmicai.localcloud.session import run_local
     from cosmicai.run_metrics import LocalRuns
 
@@ -121,7 +121,7 @@ def sweep_local(
     store = LocalRuns(mirror)
     results = []
     for memory in memories:
-        executor = dataclasses.replace(DEFAULT_FUNCTIONS["executor"], memory_mb=memory)
+        executor = dataclasses.replace(FUNCTIONS["executor"], memory_mb=memory)
         for batch in batch_sizes:
             run_id = new_run_id(payload.team)
             on_progress(f"run {run_id}: executor {memory} MB, batch size {batch}")

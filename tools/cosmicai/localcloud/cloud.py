@@ -4,59 +4,36 @@
         target = cloud.deploy()          # bucket, roles, log groups, functions, state machine
         s3 = target.client("s3")         # the same boto3 calls as on AWS
 
+The functions are the artifacts that deploy: init and summarize from the zips the build step
+makes for Terraform, the executor from a local image installed from the image's own requirement
+set (`cosmicai.localcloud.runtimes`). Settings come from `cosmicai.defaults`, like Terraform's.
+
 The child process (cosmicai.localcloud.server) exits when this process closes its stdin, so a
 crash or Ctrl-C here never leaves it, or its Lambda environments, behind.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import selectors
 import subprocess
 import sys
 import tempfile
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from cosmicai import defaults
 from cosmicai.asl import render_state_machine
+from cosmicai.defaults import FunctionSettings
 from cosmicai.inference.errors import CosmicAIError
+from cosmicai.localcloud.runtimes import MANAGED_RUNTIME, executor_image, lambda_zip
 from cosmicai.localcloud.server import LOCAL_CREDENTIALS
 from cosmicai.target import FUNCTION_ROLES, Target
 
-FUNCTIONS_DIR = Path(__file__).resolve().parents[3] / "functions"
 ACCOUNT_ID = "123456789012"
 _START_TIMEOUT_S = 60
-
-
-@dataclass(frozen=True)
-class FunctionSettings:
-    """Memory, timeout and concurrency of one function (Terraform variables on AWS)."""
-
-    memory_mb: int
-    timeout_s: int
-    reserved_concurrency: int | None = None
-
-
-DEFAULT_FUNCTIONS = {
-    "init": FunctionSettings(memory_mb=512, timeout_s=60),
-    "executor": FunctionSettings(memory_mb=4096, timeout_s=900, reserved_concurrency=8),
-    "summarize": FunctionSettings(memory_mb=1024, timeout_s=300),
-}
-
-
-def zip_directory(directory: Path) -> bytes:
-    """The deployment package of a function folder (its handler and any files beside it)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(directory.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                archive.write(path, path.relative_to(directory).as_posix())
-    return buffer.getvalue()
 
 
 class LocalCloud:
@@ -66,7 +43,7 @@ class LocalCloud:
         self,
         workdir: Path | None = None,
         region: str = "us-east-1",
-        concurrency: int = 16,
+        concurrency: int = defaults.LOCAL_ACCOUNT_CONCURRENCY,
         *,
         communication: bool = False,
         rendezvous_protocol: str = "legacy",
@@ -169,13 +146,13 @@ class LocalCloud:
         self,
         *,
         runs_bucket: str = "cosmicai-runs",
-        prefix: str = "cosmicai",
+        prefix: str = defaults.NAME_PREFIX,
         functions: dict[str, FunctionSettings] | None = None,
         environment: dict[str, str] | None = None,
-        rank_max_retries: int = 1,
+        rank_max_retries: int = defaults.RANK_MAX_RETRIES,
     ) -> Target:
         """Create what the Terraform root creates: bucket, roles, logs, functions, state machine."""
-        settings = {**DEFAULT_FUNCTIONS, **(functions or {})}
+        settings = {**defaults.FUNCTIONS, **(functions or {})}
         rendezvous, store = self.services["rendezvous"], self.services["store"]
         executor_env = {
             # what Terraform gives the executor, pointing at the local services
@@ -194,17 +171,24 @@ class LocalCloud:
         arns: dict[str, str] = {}
         for role in FUNCTION_ROLES:
             name = f"{prefix}-{role}"
-            role_arn = _create_role(iam, name, "lambda.amazonaws.com")
             logs.create_log_group(logGroupName=f"/aws/lambda/{name}")
             spec = settings[role]
+            package = (
+                {"PackageType": "Image", "Code": {"ImageUri": executor_image()}}
+                if role == "executor"
+                else {
+                    "Runtime": MANAGED_RUNTIME,
+                    "Handler": "handler.handler",
+                    "Code": {"ZipFile": lambda_zip(role)},
+                }
+            )
             fn = lam.create_function(
                 FunctionName=name,
-                Runtime="python3.11",
-                Handler="handler.handler",
-                Role=role_arn,
-                Code={"ZipFile": zip_directory(FUNCTIONS_DIR / role)},
+                Role=_create_role(iam, name, "lambda.amazonaws.com"),
+                **package,
                 Timeout=spec.timeout_s,
                 MemorySize=spec.memory_mb,
+                EphemeralStorage={"Size": spec.ephemeral_storage_mb},
                 Environment={
                     "Variables": {
                         "COSMICAI_RUNS_BUCKET": runs_bucket,
@@ -222,8 +206,7 @@ class LocalCloud:
                 "init_function_arn": arns["init"],
                 "executor_function_arn": arns["executor"],
                 "summarize_function_arn": arns["summarize"],
-                # moto cannot run EXPRESS children of a Distributed Map; AWS defaults to EXPRESS.
-                "map_execution_type": "STANDARD",
+                "map_execution_type": defaults.LOCAL_MAP_EXECUTION_TYPE,
                 "rank_max_retries": rank_max_retries,
                 "runs_bucket": runs_bucket,
             }

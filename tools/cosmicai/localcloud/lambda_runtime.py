@@ -6,6 +6,14 @@ warm starts (an idle environment reused), the function's timeout (the environmen
 the caller gets Lambda's timeout error), its memory size (an environment that grows past it is
 killed), a concurrency cap (throttling beyond it), and START/END/REPORT lines in the CloudWatch
 Logs group `/aws/lambda/<function>`, so the metrics code reads local and AWS logs alike.
+
+Zip functions run under the stand-in for AWS's python3.11 runtime, image functions (the
+executor) from their local image (`cosmicai.localcloud.runtimes`).
+
+The local account has this machine's CPUs: an invocation runs only once it holds as many CPUs as
+Lambda would give its memory (capped by the machine), so concurrent environments never hold more
+threads than there are cores; the others wait in line, first come first served, and their wait
+is neither billed nor counted against their timeout.
 """
 
 from __future__ import annotations
@@ -19,7 +27,6 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -30,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from moto.awslambda.exceptions import UnknownFunctionException
 from moto.awslambda.models import lambda_backends
 
 from cosmicai.lambda_report import ReportLine
-from cosmicai.localcloud.worker import END_MARKER
+from cosmicai.localcloud import worker
+from cosmicai.localcloud.runtimes import Interpreter, managed_runtime, resolve_image
 
 log = logging.getLogger("cosmicai.localcloud.lambda")
 
@@ -52,6 +61,7 @@ class InvokeResponse:
 
     status: int
     body: bytes
+    request_id: str
     function_error: str | None = None
     error_code: str | None = None
 
@@ -68,6 +78,7 @@ class FunctionConfig:
     environment: dict[str, str]
     code_sha: str
     code_zip: bytes
+    image_uri: str | None
     reserved_concurrency: int | None
 
     @property
@@ -97,7 +108,7 @@ class _Environment:
         assert self.process.stdout is not None
         for raw in self.process.stdout:
             text = raw.decode("utf-8", "replace").rstrip("\n")
-            if text == END_MARKER:
+            if text == worker.END_MARKER:
                 self.marker.set()
                 continue
             if not text.strip():  # CloudWatch Logs refuses empty events
@@ -146,6 +157,46 @@ class _Environment:
             self.process.stdin.close()
 
 
+class CpuPool:
+    """The machine's CPUs, lent to invocations first come, first served."""
+
+    def __init__(self, cpus: list[int]) -> None:
+        self.cpus = sorted(cpus)
+        self._free = list(self.cpus)
+        self._queue: list[object] = []
+        self._changed = threading.Condition()
+
+    def acquire(self, count: int) -> list[int]:
+        """Block until `count` CPUs are free and this caller is first in line; take them."""
+        count = min(count, len(self.cpus))
+        ticket = object()
+        with self._changed:
+            self._queue.append(ticket)
+            self._changed.wait_for(lambda: self._queue[0] is ticket and len(self._free) >= count)
+            self._queue.pop(0)
+            taken, self._free = self._free[:count], self._free[count:]
+            self._changed.notify_all()
+        return taken
+
+    def release(self, cpus: list[int]) -> None:
+        with self._changed:
+            self._free = sorted(self._free + cpus)
+            self._changed.notify_all()
+
+
+def pin(pid: int, cpus: list[int]) -> None:
+    """Pin every thread of a process, and of its descendants, to `cpus`."""
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        with contextlib.suppress(psutil.Error, OSError):
+            for thread in proc.threads():
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(thread.id, cpus)
+
+
 class LambdaRuntime:
     """Invokes moto's Lambda functions in local worker processes."""
 
@@ -157,45 +208,46 @@ class LambdaRuntime:
         workdir: Path,
         log_sink: LogSink,
         account_id: str = "123456789012",
-        account_concurrency: int = 16,
+        account_concurrency: int = 1000,
     ) -> None:
         self.region = region
         self.endpoint_url = endpoint_url
         self.workdir = workdir
         self.account_id = account_id
         self.account_concurrency = account_concurrency
+        self.cpu_pool = CpuPool(list(os.sched_getaffinity(0)))
         self._log_sink = log_sink
         self._lock = threading.Lock()
         self._idle: dict[str, list[_Environment]] = {}
         self._busy: dict[str, int] = {}
         self._all: set[_Environment] = set()
-        self._cpus = sorted(os.sched_getaffinity(0))
-        self._next_cpu = 0
 
     # -- the Invoke API -----------------------------------------------------------------
     def invoke(self, function: str, payload: bytes) -> InvokeResponse:
         """Run one synchronous invocation (InvocationType RequestResponse)."""
+        request_id = str(uuid.uuid4())
         try:
             config = self._function_config(function)
-        except Exception:
+        except UnknownFunctionException:
             return _service_error(
-                404, "ResourceNotFoundException", f"Function not found: {function}"
+                request_id, 404, "ResourceNotFoundException", f"Function not found: {function}"
             )
-        if config.code_zip == b"":
+        if not self._admit(config):
             return _service_error(
-                400, "InvalidParameterValueException", f"{config.name} has no zip code to run"
-            )
-        request_id = str(uuid.uuid4())
-        env, cold = self._acquire(config)
-        if env is None:
-            return _service_error(
+                request_id,
                 429,
                 "TooManyRequestsException",
                 "Rate Exceeded.",
                 reason="ReservedFunctionConcurrentInvocationLimitExceeded",
             )
         try:
-            return self._run(env, cold, config, request_id, payload)
+            cpus = self.cpu_pool.acquire(vcpus_for(config.memory_mb, len(self.cpu_pool.cpus)))
+            try:
+                env, cold = self._acquire(config)
+                pin(env.process.pid, cpus)
+                return self._run(env, cold, config, request_id, payload)
+            finally:
+                self.cpu_pool.release(cpus)
         finally:
             with self._lock:
                 self._busy[config.name] -= 1
@@ -226,18 +278,24 @@ class LambdaRuntime:
             memory_mb=int(fn.memory_size),
             environment=dict(fn.environment_vars or {}),
             code_sha=fn.code_sha_256,
-            code_zip=fn.code_bytes,
+            code_zip=getattr(fn, "code_bytes", b""),  # image functions have none
+            image_uri=fn.code.get("ImageUri") if fn.package_type == "Image" else None,
             reserved_concurrency=fn.reserved_concurrency,
         )
 
-    def _acquire(self, config: FunctionConfig) -> tuple[_Environment | None, bool]:
-        """A warm idle environment, a new (cold) one, or None when throttled."""
+    def _admit(self, config: FunctionConfig) -> bool:
+        """Count an invocation in flight, or refuse it (throttling) beyond the concurrency."""
         with self._lock:
             limit = config.reserved_concurrency or self.account_concurrency
             busy_total = sum(self._busy.values())
             if self._busy.get(config.name, 0) >= limit or busy_total >= self.account_concurrency:
-                return None, False
+                return False
             self._busy[config.name] = self._busy.get(config.name, 0) + 1
+            return True
+
+    def _acquire(self, config: FunctionConfig) -> tuple[_Environment, bool]:
+        """A warm idle environment of this function's code, or a new (cold) one."""
+        with self._lock:
             idle = self._idle.setdefault(config.name, [])
             while idle:
                 env = idle.pop()
@@ -245,12 +303,7 @@ class LambdaRuntime:
                     return env, False
                 self._all.discard(env)
                 threading.Thread(target=env.kill, daemon=True).start()
-        try:
-            return self._start(config), True
-        except BaseException:
-            with self._lock:
-                self._busy[config.name] -= 1
-            raise
+        return self._start(config), True
 
     def _release(self, env: _Environment) -> None:
         with self._lock:
@@ -262,7 +315,10 @@ class LambdaRuntime:
             self._all.discard(env)
         env.kill()
 
-    def _code_dir(self, config: FunctionConfig) -> Path:
+    def _task_root(self, config: FunctionConfig) -> tuple[Path, Interpreter]:
+        """Where the function's code is unpacked (Lambda's /var/task), and what runs it."""
+        if config.image_uri:
+            return resolve_image(config.image_uri)
         target = self.workdir / "code" / config.name / config.code_sha.replace("/", "_")[:32]
         if not target.exists():
             staging = target.with_name(target.name + f".{uuid.uuid4().hex}")
@@ -270,55 +326,48 @@ class LambdaRuntime:
                 archive.extractall(staging)
             with contextlib.suppress(OSError):  # another invocation extracted it first
                 staging.rename(target)
-        return target
+        return target, managed_runtime()
 
     def _start(self, config: FunctionConfig) -> _Environment:
         stream = time.strftime("%Y/%m/%d/[$LATEST]", time.gmtime()) + uuid.uuid4().hex
         tmpdir = self.workdir / "tmp" / uuid.uuid4().hex
         tmpdir.mkdir(parents=True)
+        task_root, interpreter = self._task_root(config)
         read_fd, write_fd = os.pipe()
         process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "cosmicai.localcloud.worker",
-                str(self._code_dir(config)),
+                interpreter.python,
+                *interpreter.flags,
+                worker.__file__,
+                str(task_root),
                 config.handler,
+                *interpreter.site_dirs,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env={
-                **self._lambda_env(config, stream, str(tmpdir)),
+                **self._lambda_env(config, stream, str(tmpdir), task_root),
                 "COSMICAI_WORKER_FD": str(write_fd),
             },
             pass_fds=(write_fd,),
             start_new_session=True,
         )
         os.close(write_fd)
-        os.sched_setaffinity(process.pid, self._cpu_window(config.memory_mb))
         env = _Environment(config, process, os.fdopen(read_fd, "r"), stream)
         threading.Thread(target=env.pump_output, daemon=True).start()
         with self._lock:
             self._all.add(env)
         return env
 
-    def _cpu_window(self, memory_mb: int) -> set[int]:
-        """CPUs for a new environment: as many as Lambda gives its memory, rotating so that
-        concurrent environments spread over the machine."""
-        count = vcpus_for(memory_mb, len(self._cpus))
-        with self._lock:
-            start, self._next_cpu = self._next_cpu, self._next_cpu + count
-        return {self._cpus[(start + i) % len(self._cpus)] for i in range(count)}
-
-    def _lambda_env(self, config: FunctionConfig, stream: str, tmpdir: str) -> dict[str, str]:
+    def _lambda_env(
+        self, config: FunctionConfig, stream: str, tmpdir: str, task_root: Path
+    ) -> dict[str, str]:
         """The environment Lambda gives a function: its variables plus the runtime's own.
 
         Built from scratch, so the user's own AWS credentials never reach local handlers.
         """
-        passthrough = {
-            k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "HOME") if k in os.environ
-        }
+        passthrough = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL") if k in os.environ}
         return {
             **passthrough,
             **config.environment,
@@ -334,7 +383,8 @@ class LambdaRuntime:
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
             "AWS_LAMBDA_LOG_GROUP_NAME": config.log_group,
             "AWS_LAMBDA_LOG_STREAM_NAME": stream,
-            "LAMBDA_TASK_ROOT": str(self._code_dir(config)),
+            "LAMBDA_TASK_ROOT": str(task_root),
+            "HOME": tmpdir,
             "TMPDIR": tmpdir,
             "PYTHONUNBUFFERED": "1",
         }
@@ -402,9 +452,11 @@ class LambdaRuntime:
                 request_id, "Runtime.ExitError", "Runtime exited without providing a reason"
             )
         elif "error" in reply:
-            response = InvokeResponse(200, json.dumps(reply["error"]).encode(), "Unhandled")
+            response = InvokeResponse(
+                200, json.dumps(reply["error"]).encode(), request_id, "Unhandled"
+            )
         else:
-            response = InvokeResponse(200, json.dumps(reply["result"]).encode())
+            response = InvokeResponse(200, json.dumps(reply["result"]).encode(), request_id)
         report = ReportLine(
             request_id=request_id,
             duration_ms=round(duration_ms, 2),
@@ -428,13 +480,13 @@ def _iso(ms: int) -> str:
 
 def _function_error(request_id: str, error_type: str, message: str) -> InvokeResponse:
     body = {"errorType": error_type, "errorMessage": f"RequestId: {request_id} Error: {message}"}
-    return InvokeResponse(200, json.dumps(body).encode(), "Unhandled")
+    return InvokeResponse(200, json.dumps(body).encode(), request_id, "Unhandled")
 
 
 def _service_error(
-    status: int, code: str, message: str, reason: str | None = None
+    request_id: str, status: int, code: str, message: str, reason: str | None = None
 ) -> InvokeResponse:
     body: dict[str, str] = {"Type": "User", "message": message}
     if reason:
         body["Reason"] = reason
-    return InvokeResponse(status, json.dumps(body).encode(), error_code=code)
+    return InvokeResponse(status, json.dumps(body).encode(), request_id, error_code=code)

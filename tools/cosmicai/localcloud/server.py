@@ -21,6 +21,7 @@ import re
 import signal
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from pathlib import Path
@@ -36,6 +37,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from cosmicai.defaults import LOCAL_ACCOUNT_CONCURRENCY
 from cosmicai.localcloud.lambda_runtime import InvokeResponse, LambdaRuntime
 from cosmicai.rendezvous.server import RendezvousServer, ServerThread
 
@@ -93,13 +95,18 @@ def lambda_invoke_middleware(moto_app: WSGIApp, runtime: LambdaRuntime) -> WSGIA
         payload = environ["wsgi.input"].read(length) if length else b""
         invocation_type = environ.get("HTTP_X_AMZ_INVOCATION_TYPE", "RequestResponse")
         if invocation_type == "DryRun":
-            response = InvokeResponse(204, b"")
+            response = InvokeResponse(204, b"", str(uuid.uuid4()))
         elif invocation_type == "Event":
             threading.Thread(target=runtime.invoke, args=(name, payload), daemon=True).start()
-            response = InvokeResponse(202, b"")
+            response = InvokeResponse(202, b"", str(uuid.uuid4()))
         else:
             response = runtime.invoke(name, payload)
-        headers = [("Content-Type", "application/json"), ("X-Amz-Executed-Version", "$LATEST")]
+        # Lambda names every response's request; Step Functions' error handling reads it.
+        headers = [
+            ("Content-Type", "application/json"),
+            ("X-Amz-Executed-Version", "$LATEST"),
+            ("x-amzn-RequestId", response.request_id),
+        ]
         if response.function_error:
             headers.append(("X-Amz-Function-Error", response.function_error))
         if response.error_code:
@@ -117,7 +124,7 @@ class LocalCloudServer:
         self,
         workdir: Path,
         region: str = "us-east-1",
-        concurrency: int = 16,
+        concurrency: int = LOCAL_ACCOUNT_CONCURRENCY,
         rendezvous_protocol: str = "legacy",
         communication: bool = False,
     ) -> None:
@@ -190,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--region", default="us-east-1")
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=LOCAL_ACCOUNT_CONCURRENCY)
     parser.add_argument("--rendezvous-protocol", choices=("legacy", "v2"), default="legacy")
     parser.add_argument("--communication", action="store_true", help="host the FMI store")
     args = parser.parse_args(argv)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cosmicai.defaults import FunctionSettings
 from cosmicai.inference.errors import CosmicAIError
-from cosmicai.localcloud.cloud import FunctionSettings, LocalCloud
+from cosmicai.localcloud.cloud import LocalCloud
 from cosmicai.localcloud.mirror import LocalS3Mirror
 from cosmicai.payload import Payload
 from cosmicai.run_metrics import HISTORY_FILE, fetch_history

@@ -1,6 +1,8 @@
 """One Lambda execution environment: a process that imports a handler once and serves invocations.
 
-Started by `LambdaRuntime` as `python -m cosmicai.localcloud.worker CODE_DIR MODULE.FUNCTION`.
+Started by `LambdaRuntime` as `python -I [-S] worker.py TASK_ROOT MODULE.FUNCTION [SITE_DIR ...]`:
+by path, in an isolated interpreter, so it imports only the standard library and what
+`TASK_ROOT` (the unpacked function code, Lambda's /var/task) and the runtime's `SITE_DIR`s hold.
 Requests arrive as JSON lines on stdin; replies go as JSON lines to the file descriptor named
 by `COSMICAI_WORKER_FD`. Whatever the handler prints goes to stdout/stderr, which the runtime
 forwards to the function's CloudWatch Logs stream, as on Lambda. The worker exits when stdin
@@ -56,9 +58,9 @@ def max_rss_mb() -> int:
     return int(max(own, children) / 1024) + 1
 
 
-def _load_handler(code_dir: str, spec: str) -> Any:
+def _load_handler(task_root: str, spec: str, site_dirs: list[str]) -> Any:
     module_name, _, function_name = spec.rpartition(".")
-    sys.path.insert(0, code_dir)
+    sys.path[:0] = [task_root, *site_dirs]
     module = importlib.import_module(module_name)
     handler = getattr(module, function_name, None)
     if not callable(handler):
@@ -67,7 +69,8 @@ def _load_handler(code_dir: str, spec: str) -> Any:
 
 
 def main() -> None:
-    code_dir, spec = sys.argv[1], sys.argv[2]
+    task_root, spec, site_dirs = sys.argv[1], sys.argv[2], sys.argv[3:]
+    os.chdir(task_root)
     replies = os.fdopen(int(os.environ["COSMICAI_WORKER_FD"]), "w", buffering=1)
 
     def reply(message: dict[str, Any]) -> None:
@@ -75,7 +78,7 @@ def main() -> None:
 
     started = time.perf_counter()
     try:
-        handler = _load_handler(code_dir, spec)
+        handler = _load_handler(task_root, spec, site_dirs)
         init_error = None
     except Exception as exc:  # the Init phase failed: every invocation reports it
         handler = None
