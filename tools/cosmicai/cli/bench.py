@@ -1,4 +1,5 @@
-"""`cosmicai bench engine`: our inference engine against the reference loop, same data and model."""
+"""`cosmicai bench engine | pipeline`: the engine against the reference loop, and the local
+pipeline against the engine alone."""
 
 from __future__ import annotations
 
@@ -41,6 +42,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     engine.add_argument("--model-size", default="full", help=argparse.SUPPRESS)
     engine.set_defaults(func=run_bench_engine)
 
+    pipeline = benchmarks.add_parser(
+        "pipeline",
+        help="the whole local pipeline vs the engine alone over the same data",
+        description=(
+            "In one run: the engine alone over the demo's partitions (a fresh process, threads = "
+            "CPUs), then the whole local pipeline (the demo's payload on the local cloud) over "
+            "the same partitions. Target: demo_s <= 1.15 x engine_alone_s + 3 s."
+        ),
+    )
+    pipeline.add_argument("--samples", type=int, default=2048, metavar="N")
+    pipeline.add_argument("--world-size", type=int, default=4, metavar="W")
+    pipeline.add_argument("--batch-size", type=int, default=256)
+    pipeline.add_argument("--model-size", choices=("full", "tiny"), default="full")
+    pipeline.add_argument(
+        "--out", type=Path, default=None, metavar="FILE",
+        help="where to save the JSON result (default: out/bench/pipeline-<timestamp>.json)",
+    )
+    pipeline.add_argument("--json", action="store_true", help="print one JSON object")
+    pipeline.set_defaults(func=run_bench_pipeline)
+
 
 def run_bench_engine(args: argparse.Namespace) -> int:
     # imported here, not at CLI start-up: it loads PyTorch
@@ -60,6 +81,33 @@ def run_bench_engine(args: argparse.Namespace) -> int:
     else:
         print(engine_report(result))
         print(f"saved: {out}")
+    return 0
+
+
+def run_bench_pipeline(args: argparse.Namespace) -> int:
+    from cosmicai.bench_pipeline import run_benchmark
+
+    result = run_benchmark(
+        samples=args.samples,
+        world_size=args.world_size,
+        batch_size=args.batch_size,
+        model_size=args.model_size,
+    )
+    out = args.out or Path("out/bench") / f"pipeline-{datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print_json(result)
+    else:
+        target = result["target"]
+        print(
+            f"pipeline benchmark: {result['samples']} samples, world size "
+            f"{result['world_size']}, {result['model_size']} model, {result['cores']} CPUs\n"
+            f"engine alone {result['engine_alone_s']:.2f} s, local pipeline "
+            f"{result['demo_s']:.2f} s: overhead ratio {result['overhead_ratio']:.2f} "
+            f"(target demo_s <= {target['demo_s_max']:.2f} s: "
+            f"{'met' if target['met'] else 'NOT met'})\nsaved: {out}"
+        )
     return 0
 
 

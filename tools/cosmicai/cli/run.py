@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,16 +13,13 @@ from botocore.exceptions import ClientError
 from cosmicai.cli.output import ProgressPrinter, print_json, summary_text
 from cosmicai.cli.report import finish_run
 from cosmicai.cli.target_flags import add_target_flags, aws_target
+from cosmicai.demo import DEMO_RUNS_BUCKET, demo_payload, prepare_demo_data
 from cosmicai.inference.errors import CosmicAIError
 from cosmicai.localcloud.mirror import LocalS3Mirror, cosmicai_home
-from cosmicai.payload import Payload, load_payload, validate_payload
+from cosmicai.payload import Payload, load_payload
 from cosmicai.pipeline.layout import new_run_id
 from cosmicai.pipeline.s3objects import split_s3_uri
 from cosmicai.runner import follow, outcome_error, read_json, start_run
-
-DEMO_DATA_BUCKET = "cosmicai-data"
-DEMO_DATA_PREFIX = "demo/partitions"
-DEMO_RUNS_BUCKET = "cosmicai-runs"
 
 
 def _report(summary: dict[str, Any] | None, execution: dict[str, Any], as_json: bool) -> int:
@@ -200,41 +195,15 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_payload(run_id: str, world_size: int, batch_size: int, model_size: str) -> Payload:
-    return validate_payload(
-        {
-            "bucket": DEMO_RUNS_BUCKET,
-            "data_bucket": DEMO_DATA_BUCKET,
-            "data_prefix": DEMO_DATA_PREFIX,
-            "result_path": f"results/{run_id}",
-            "world_size": world_size,
-            "batch_size": batch_size,
-            "team": "demo",
-            "mode": "engine",
-            "model_size": model_size,
-            # ranks share this machine's cores: one thread each keeps them from oversubscribing
-            "threads": max(1, len(os.sched_getaffinity(0)) // world_size),
-        }
-    )
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    from cosmicai.inference.partition_io import SAMPLE_BYTES
-    from cosmicai.inference.partitioning import partition
-    from cosmicai.inference.synthetic import make_data
-
     if args.samples < args.world_size:
         raise CosmicAIError(
             f"--samples {args.samples} must be at least --world-size {args.world_size}"
         )
     mirror = LocalS3Mirror()
-    source = make_data(args.samples, args.out / "data" / "galaxies.safetensors", seed=args.seed)
-    partitions = mirror.path(DEMO_DATA_BUCKET, DEMO_DATA_PREFIX)
-    shutil.rmtree(partitions, ignore_errors=True)
-    size_mb = math.ceil(args.samples / args.world_size) * SAMPLE_BYTES / 2**20
-    manifest = partition(source, partitions, size_mb=size_mb * 1.0001)
+    files = prepare_demo_data(args.samples, args.world_size, args.out, args.seed, mirror)
     print(
-        f"demo data: {args.samples} galaxies in {len(manifest.files)} partitions at {partitions}",
+        f"demo data: {args.samples} galaxies in {len(files)} partitions at {files[0].parent}",
         flush=True,
     )
     run_id = new_run_id("demo")
