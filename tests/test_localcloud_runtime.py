@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import time
 import zipfile
@@ -16,6 +17,7 @@ from botocore.config import Config
 
 from cosmicai.lambda_report import parse_report_lines
 from cosmicai.localcloud.cloud import LocalCloud
+from cosmicai.localcloud.lambda_runtime import vcpus_for
 from cosmicai.localcloud.server import LOCAL_CREDENTIALS
 
 HANDLERS = """
@@ -41,6 +43,11 @@ class StudentError(Exception):
 
 def fail(event, context):
     raise StudentError("rank 3 exploded")
+
+def hold(event, context):
+    started = time.time()
+    time.sleep(event.get("seconds", 0.4))
+    return {"started": started, "ended": time.time(), "cpus": sorted(os.sched_getaffinity(0))}
 
 def hog(event, context):
     blob = bytearray(300 * 2**20)
@@ -72,11 +79,13 @@ def cloud(tmp_path_factory: pytest.TempPathFactory):
             ("sleepy", 1, 256),
             ("fail", 10, 256),
             ("hog", 10, 200),
+            ("small", 10, 1769),
+            ("large", 10, 10240),
         ):
             lam.create_function(
                 FunctionName=name,
                 Runtime="python3.11",
-                Handler=f"handler.{name}",
+                Handler=f"handler.{name if name not in ('small', 'large') else 'hold'}",
                 Role=role,
                 Code={"ZipFile": zip_directory(code)},
                 Timeout=timeout,
@@ -176,6 +185,85 @@ def test_reserved_concurrency_throttles(cloud: LocalCloud) -> None:
     assert sorted(results) == ["ok", "throttled"]
 
 
+@pytest.mark.parametrize("function", ["small", "large"])
+def test_concurrent_environments_never_hold_more_cpus_than_the_machine(
+    cloud: LocalCloud, function: str
+) -> None:
+    cores = len(os.sched_getaffinity(0))
+    wanted = vcpus_for(1769 if function == "small" else 10240, cores)
+    results: list[dict] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(invoke(cloud, function, {})[1]))
+        for _ in range(2 * cores + 1)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 * cores + 1
+    for r in results:
+        assert len(r["cpus"]) == wanted  # the CPUs Lambda gives the memory, capped by the machine
+    for a in results:  # environments running at the same time hold disjoint CPUs
+        for b in results:
+            if a is not b and a["started"] < b["ended"] and b["started"] < a["ended"]:
+                assert not set(a["cpus"]) & set(b["cpus"]), (a, b)
+    # the queued invocations waited: more invocations than the CPUs can hold at once
+    span = max(r["ended"] for r in results) - min(r["started"] for r in results)
+    assert span >= 0.4 * (2 * cores + 1) / (cores // wanted) * 0.9
+    # and their wait is not billed: every REPORT Duration is the handler's own time
+    durations = [r.duration_ms for r in report_lines(cloud, function)]
+    assert durations and max(durations) < 1500
+
+
+def test_throttling_reaches_the_state_machine_s_retry_and_catch(cloud: LocalCloud) -> None:
+    """Reproduces the lost ranks: moto's Step Functions read the throttle response's request id
+    (absent, it raised KeyError, so no Retry or Catch ran and the rank vanished)."""
+    lam, sfn = cloud.client("lambda"), cloud.client("stepfunctions")
+    lam.put_function_concurrency(FunctionName="echo", ReservedConcurrentExecutions=0)
+    try:
+        definition = {
+            "StartAt": "Invoke",
+            "States": {
+                "Invoke": {
+                    "Type": "Task",
+                    "Resource": "arn:aws:states:::lambda:invoke",
+                    "Parameters": {"FunctionName": "echo", "Payload": {}},
+                    "Retry": [
+                        {
+                            "ErrorEquals": ["Lambda.TooManyRequestsException"],
+                            "IntervalSeconds": 1,
+                            "MaxAttempts": 1,
+                        }
+                    ],
+                    "Catch": [
+                        {"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "Caught"}
+                    ],
+                    "End": True,
+                },
+                "Caught": {"Type": "Pass", "End": True},
+            },
+        }
+        role = cloud.client("iam").create_role(
+            RoleName="states-throttle", AssumeRolePolicyDocument="{}"
+        )["Role"]["Arn"]
+        machine = sfn.create_state_machine(
+            name="throttle", definition=json.dumps(definition), roleArn=role
+        )["stateMachineArn"]
+        arn = sfn.start_execution(stateMachineArn=machine, input="{}")["executionArn"]
+        deadline = time.monotonic() + 30
+        while (execution := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert execution["status"] == "SUCCEEDED", execution
+        assert (
+            json.loads(execution["output"])["error"]["Error"] == "Lambda.TooManyRequestsException"
+        )
+        events = sfn.get_execution_history(executionArn=arn)["events"]
+        assert sum(e["type"] == "TaskFailed" for e in events) == 2  # the first try and one retry
+    finally:
+        lam.delete_function_concurrency(FunctionName="echo")
+
+
 def test_shutdown_leaves_no_processes(tmp_path: Path) -> None:
     (tmp_path / "handler.py").write_text(HANDLERS)
     with LocalCloud() as cloud:
@@ -200,8 +288,6 @@ def test_shutdown_leaves_no_processes(tmp_path: Path) -> None:
 
 
 def test_vcpus_follow_lambda_memory_rule() -> None:
-    from cosmicai.localcloud.lambda_runtime import vcpus_for
-
     assert vcpus_for(128, 64) == 1
     assert vcpus_for(1769, 64) == 1
     assert vcpus_for(1770, 64) == 2

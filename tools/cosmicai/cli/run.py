@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from botocore.exceptions import ClientError
 
@@ -33,6 +34,11 @@ def _report(summary: dict[str, Any] | None, execution: dict[str, Any], as_json: 
     return 0
 
 
+def _info(args: argparse.Namespace) -> TextIO:
+    """Where progress notes go: stderr when stdout carries --json."""
+    return sys.stderr if getattr(args, "json", False) else sys.stdout
+
+
 def run_payload(
     payload: Payload, args: argparse.Namespace, run_id: str | None = None
 ) -> tuple[str, dict, dict | None]:
@@ -42,7 +48,7 @@ def run_payload(
         if args.aws:
             target = aws_target(args)
             run_id, arn = start_run(target, payload, run_id=run_id, overwrite=args.overwrite)
-            print(f"started run {run_id} ({arn})", flush=True)
+            print(f"started run {run_id} ({arn})", file=_info(args), flush=True)
             if args.no_wait:
                 return run_id, {"executionArn": arn, "status": "RUNNING"}, None
             execution = follow(
@@ -62,7 +68,9 @@ def run_payload(
             run_id=run_id,
             overwrite=args.overwrite,
             on_progress=progress,
-            on_started=lambda rid: print(f"started run {rid} on the local cloud", flush=True),
+            on_started=lambda rid: print(
+                f"started run {rid} on the local cloud", file=_info(args), flush=True
+            ),
         )
         return local.run_id, local.execution, local.summary
     finally:
@@ -204,6 +212,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     files = prepare_demo_data(args.samples, args.world_size, args.out, args.seed, mirror)
     print(
         f"demo data: {args.samples} galaxies in {len(files)} partitions at {files[0].parent}",
+        file=_info(args),
         flush=True,
     )
     run_id = new_run_id("demo")

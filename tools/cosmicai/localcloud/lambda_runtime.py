@@ -286,7 +286,11 @@ class LambdaRuntime:
     def _admit(self, config: FunctionConfig) -> bool:
         """Count an invocation in flight, or refuse it (throttling) beyond the concurrency."""
         with self._lock:
-            limit = config.reserved_concurrency or self.account_concurrency
+            limit = (
+                self.account_concurrency
+                if config.reserved_concurrency is None
+                else config.reserved_concurrency
+            )
             busy_total = sum(self._busy.values())
             if self._busy.get(config.name, 0) >= limit or busy_total >= self.account_concurrency:
                 return False
