@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -117,11 +118,20 @@ def test_server_that_never_pairs_exits_4(cli, protocol):
     assert f"127.0.0.1:{port}" in err and "0.5 s" in err
 
 
-def test_protocol_mismatch_times_out_with_a_hint(cli):
-    # a legacy request never completes a 141-byte v2 request, so the server never answers
-    with ServerThread(RendezvousServer("127.0.0.1", 0, "v2", read_timeout_s=5)) as server:
-        code, _, err = cli("check", f"127.0.0.1:{server.port}", "--timeout", "0.5")
-    assert code == 4 and "is it a legacy rendezvous server?" in err
+@pytest.mark.parametrize(
+    ("server_protocol", "client_protocol"), [("v2", "legacy"), ("legacy", "v2")]
+)
+def test_protocol_mismatch_fails_fast_with_a_hint(cli, server_protocol, client_protocol):
+    # the server closes on a client of the other protocol instead of answering it
+    server = RendezvousServer("127.0.0.1", 0, server_protocol, read_timeout_s=30)
+    with ServerThread(server):
+        started = time.monotonic()
+        code, _, err = cli(
+            "check", f"127.0.0.1:{server.port}", "--protocol", client_protocol, "--timeout", "10"
+        )
+    assert code == 5 and time.monotonic() - started < 2
+    assert f"without replying to our {client_protocol} request" in err
+    assert "speaking the same protocol" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("protocol", ["legacy", "v2"])

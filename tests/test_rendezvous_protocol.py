@@ -27,6 +27,8 @@ from cosmicai.rendezvous.protocol import (
     encode_legacy_request,
     encode_v2_request,
     encode_v2_response,
+    is_legacy_request_prefix,
+    is_v2_request,
 )
 
 TOKEN = "550e8400-e29b-41d4-a716-446655440000"
@@ -232,3 +234,32 @@ def test_protocol_errors_are_cosmicai_errors_and_protocols_checked():
     assert check_protocol("v2") == "v2"
     with pytest.raises(CosmicAIError, match="legacy, v2"):
         check_protocol("v3")
+
+
+# --- telling the protocols apart ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prefix", "legacy"),
+    [
+        (b"rank-0-1", True),  # what the upstream legacy client sends
+        (b"n" * 100, True),
+        (b"", False),
+        (b"n" * 101, False),  # longer than any legacy name
+        (b"rank-0-1\0", False),  # past the NUL that ends a v2 name field
+        (_request_bytes(b"rank")[:60], False),
+    ],
+)
+def test_legacy_request_prefix(prefix, legacy):
+    assert is_legacy_request_prefix(prefix) is legacy
+
+
+def test_v2_request_recognised_only_whole_and_well_formed():
+    request = encode_v2_request(V2Request("rank", TOKEN, 7))
+    assert is_v2_request(request)
+    assert is_v2_request(_request_bytes(b"rank"))
+    assert not is_v2_request(request[:-1])
+    assert not is_v2_request(request + b"\0")
+    assert not is_v2_request(b"n" * V2_REQUEST_SIZE)  # an oversized legacy name
+    assert not is_v2_request(_request_bytes(b"rank", b"not-a-uuid"))
+    assert not is_v2_request(_request_bytes(b"\0rank"))

@@ -5,12 +5,18 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import os
 import random
 import socket
 import struct
+import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -175,6 +181,77 @@ def test_100_concurrent_pairs_each_get_their_own_peer(protocol):
         assert a_peer == b_own and b_peer == a_own
 
 
+# --- a client of the other protocol ---------------------------------------------------------
+
+
+def _closes_without_reply(raw: Raw, within_s: float) -> None:
+    started = time.monotonic()
+    raw.sock.settimeout(within_s)
+    assert raw.sock.recv(100) == b"", "the server replied instead of closing"
+    assert time.monotonic() - started < within_s
+
+
+def test_v2_server_closes_on_a_legacy_client_without_a_reply(caplog):
+    caplog.set_level(logging.WARNING, logger="cosmicai.rendezvous")
+    with serve(protocol="v2", read_timeout_s=30) as server:
+        client = Raw(server.port)
+        client.sock.sendall(b"rank-0-1")  # the legacy client: a bare name, then it waits
+        _closes_without_reply(client, 2.0)
+        assert server.stats.mismatched_total == 1 and server.pending == 0
+        assert check("127.0.0.1", server.port, protocol="v2").ok
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records]
+    assert line["event"] == "protocol_mismatch" and line["client"] == "{}:{}".format(
+        *client.address
+    )
+    assert "client speaks legacy TCPunch but this server runs --protocol v2" in line["message"]
+
+
+def test_legacy_server_closes_on_a_v2_client_without_a_reply(caplog):
+    caplog.set_level(logging.WARNING, logger="cosmicai.rendezvous")
+    with serve(protocol="legacy") as server:
+        client = Raw(server.port)
+        client.v2_send(b"rank-0-1", token=str(uuid.uuid4()).encode())
+        _closes_without_reply(client, 2.0)
+        assert server.stats.mismatched_total == 1 and server.pending == 0
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records]
+    assert "client speaks TCPunch v2 but this server runs --protocol legacy" in line["message"]
+
+
+@pytest.mark.parametrize(
+    ("server_protocol", "client_protocol"), [("v2", "legacy"), ("legacy", "v2")]
+)
+def test_mismatched_probe_fails_fast_as_a_protocol_error(server_protocol, client_protocol):
+    with serve(protocol=server_protocol, read_timeout_s=30) as server:
+        started = time.monotonic()
+        result = check("127.0.0.1", server.port, protocol=client_protocol, timeout_s=10)
+        assert time.monotonic() - started < 2
+        assert result.error_kind == "protocol", result.error
+        assert "without replying to our" in result.error
+        assert server.stats.mismatched_total == 2 and server.stats.paired_total == 0
+
+
+def test_v2_request_split_inside_the_name_is_still_v2():
+    with serve(protocol="v2") as server:
+        request = struct.pack("<100s37sI", b"split-name", b"", 0)
+        a = Raw(server.port)
+        a.sock.sendall(request[:4])  # looks like a legacy name so far
+        time.sleep(0.05)
+        a.sock.sendall(request[4:])
+        assert a.v2_reply()[0] == 0
+        b = Raw(server.port)
+        b.v2_send(b"split-name")
+        assert b.v2_reply()[:3] == (1, b.address, a.address)
+        assert server.stats.mismatched_total == 0
+
+
+def test_legacy_server_rejects_a_141_byte_name_that_is_no_v2_request():
+    with serve(protocol="legacy") as server:
+        client = Raw(server.port)
+        client.sock.sendall(b"n" * 141)  # as long as a v2 request, but not one
+        assert client.at_eof()
+        assert server.stats.rejected_total == 1 and server.stats.mismatched_total == 0
+
+
 # --- expiry, abandonment, limits ------------------------------------------------------------
 
 
@@ -247,6 +324,85 @@ def test_connection_limit_refuses_cleanly(protocol):
             holder.close()
         wait_until(lambda: server.pending == 0)
         assert check("127.0.0.1", server.port, protocol=protocol).ok
+
+
+# The server in a subprocess under a 128-descriptor limit, its log (stderr) in a file.
+_LOW_FD_SERVER = (
+    "import resource, sys; _, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard)); import cosmicai.cli.main as m; "
+    "m.COMMAND_MODULES = ('rendezvous',); sys.exit(m.main(sys.argv[1:]))"
+)
+
+
+@contextmanager
+def low_fd_server(log_path: Path, *args: str) -> Iterator[dict]:
+    """`cosmicai rendezvous serve` with RLIMIT_NOFILE 128; yields its `listening` event."""
+    command = [sys.executable, "-c", _LOW_FD_SERVER, "rendezvous", "serve", "--host", "127.0.0.1"]
+    command += ["--port", "0", "--health-port", "0", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log_path.open("w") as log, subprocess.Popen(command, stderr=log, env=env) as proc:
+        try:
+            wait_until(lambda: log_path.read_text().endswith("\n"), timeout_s=20)
+            yield json.loads(log_path.read_text().splitlines()[0])
+            proc.terminate()
+            assert proc.wait(timeout=10) == 0
+        finally:
+            proc.kill()
+
+
+def _pair_two(port: int, timeout_s: float) -> list:
+    with ThreadPoolExecutor(2) as pool:
+        return list(
+            pool.map(
+                lambda _: connect_and_pair("127.0.0.1", port, "fd-pair", "legacy", timeout_s), "ab"
+            )
+        )
+
+
+def _assert_small_clean_log(log_path: Path) -> list[dict]:
+    text = log_path.read_text()
+    assert "Traceback" not in text and "Errno 24" not in text
+    lines = text.splitlines()
+    assert len(lines) < 40, lines[:40]
+    return [json.loads(line) for line in lines]
+
+
+def test_idle_health_connections_cannot_starve_pairing_under_a_low_fd_limit(tmp_path):
+    # Reproduces issue 11: 150 idle health connections under 128 descriptors made pairing time
+    # out and the log fill with thousands of EMFILE tracebacks within seconds.
+    log_path = tmp_path / "server.log"
+    with low_fd_server(log_path) as listening:
+        assert listening["max_connections"] == 64
+        idle = [Raw(listening["health_port"]) for _ in range(150)]
+        try:
+            started = time.monotonic()
+            a, b = _pair_two(listening["port"], 5.0)
+            assert a.peer == b.you and time.monotonic() - started < 2
+            assert sum(raw.at_eof() for raw in idle[-50:]) == 50  # over the health share: closed
+        finally:
+            for raw in idle:
+                raw.close()
+        assert _http(listening["health_port"], "GET", "/readyz")[0] == 200
+    events = _assert_small_clean_log(log_path)
+    assert events[-1]["event"] == "stopped" and events[-1]["accept_errors_total"] == 0
+    assert events[-1]["refused_total"] >= 50
+
+
+def test_out_of_descriptors_backs_off_quietly_and_pairs_once_they_free(tmp_path):
+    # A cap above what the descriptor limit allows: accept fails with EMFILE.
+    log_path = tmp_path / "server.log"
+    with low_fd_server(log_path, "--max-connections", "1000", "--read-timeout", "30") as listening:
+        idle = [Raw(listening["health_port"]) for _ in range(150)]
+        wait_until(lambda: "accept_failed" in log_path.read_text())
+        time.sleep(1.2)  # long enough for a spinning accept loop to show in the log
+        for raw in idle:
+            raw.close()
+        a, b = _pair_two(listening["port"], 5.0)
+        assert a.peer == b.you
+    events = _assert_small_clean_log(log_path)
+    failures = [e for e in events if e["event"] == "accept_failed"]
+    assert failures[0]["error"] == "EMFILE" and 1 <= len(failures) <= 4
+    assert events[-1]["accept_errors_total"] >= 2
 
 
 def test_pending_limit_refuses_new_names_but_pairs_existing_ones():
@@ -350,6 +506,47 @@ def test_health_endpoint_reports_live_figures():
         raw = socket.create_connection(("127.0.0.1", server.health_port), timeout=5)
         raw.sendall(b"\x16\x03\x01garbage\r\n\r\n")
         assert raw.recv(100).startswith(b"HTTP/1.1 400 ")
+
+
+def test_livez_and_readyz():
+    with serve(protocol="legacy", health_port=0, max_connections=2) as server:
+        assert _http(server.health_port, "GET", "/livez") == (200, {"status": "alive"})
+        status, body = _http(server.health_port, "GET", "/readyz")
+        assert status == 200 and body["status"] == "ready" and body["max_connections"] == 2
+        assert _http(server.health_port, "HEAD", "/readyz") == (200, {})
+        assert _http(server.health_port, "POST", "/livez")[0] == 405
+        status, body = _http(server.health_port, "GET", "/healthz")
+        assert status == 404 and "/livez, /readyz, /health" in body["error"]
+        waiting = Raw(server.port)
+        waiting.sock.sendall(b"holds-a-slot")
+        assert waiting.legacy_reply() == waiting.address
+        status, body = _http(server.health_port, "GET", "/readyz")  # its own slot is the last
+        assert status == 503 and body == {
+            "status": "not ready",
+            "reason": "all 2 connections in use",
+        }
+        assert _http(server.health_port, "GET", "/livez")[0] == 200
+
+
+def test_idle_health_clients_hold_at_most_a_quarter_of_the_cap_and_time_out():
+    with serve(protocol="v2", health_port=0, max_connections=8, read_timeout_s=0.5) as server:
+        idle = [Raw(server.health_port) for _ in range(2)]
+        wait_until(lambda: server.health()["connections"] == 2)
+        refused = Raw(server.health_port)
+        assert refused.at_eof()  # the health share (8 // 4) is taken: closed at once
+        assert check("127.0.0.1", server.port, protocol="v2").ok  # pairing is not crowded out
+        started = time.monotonic()
+        assert all(raw.at_eof() for raw in idle)  # closed by the read timeout
+        assert time.monotonic() - started < 2
+        assert _http(server.health_port, "GET", "/livez")[0] == 200
+        assert server.stats.refused_total == 1
+
+
+def test_oversized_health_request_is_answered_431():
+    with serve(health_port=0) as server:
+        raw = Raw(server.health_port)
+        raw.sock.sendall(b"GET /health HTTP/1.1\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n")
+        assert raw.recv_exact(12) == b"HTTP/1.1 431"
 
 
 def test_health_endpoint_is_off_by_default():

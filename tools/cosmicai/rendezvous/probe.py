@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from cosmicai.inference.errors import CosmicAIError
 from cosmicai.rendezvous.protocol import (
     LEGACY_REPLY_SIZE,
+    PROTOCOLS,
     V2_RESPONSE_SIZE,
     Endpoint,
     ProtocolError,
@@ -163,6 +164,11 @@ class _Session:
                 raise self._timed_out() from err
             except OSError as err:
                 raise self.broken(f"reset the connection ({err})") from err
+            if not chunk and not data and not self.replied:
+                raise self.broken(
+                    f"closed the connection without replying to our {self.protocol} request "
+                    "(as a server of the other protocol does)"
+                )
             if not chunk:
                 raise self.broken(
                     f"closed the connection after {len(data)} of the {size} bytes of a reply"
@@ -278,21 +284,65 @@ def check(host: str, port: int, *, protocol: str = "legacy", timeout_s: float = 
     return ProbeResult(True, **base, rtt_ms=rtt_ms, client_a=str(a.you), client_b=str(b.you))
 
 
-def require_rendezvous(address: str, *, protocol: str = "legacy", timeout_s: float = 10.0) -> None:
+def resolve_ipv4(host: str, port: int) -> str:
+    """`host` as an IPv4 address: TCPunch's client (in FMI) takes only addresses (`inet_addr`),
+    so a DNS name (Terraform's `dns_name`) is resolved before it reaches FMI's configuration."""
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise RendezvousError(
+            "unreachable",
+            f"cannot resolve rendezvous host {host!r} to an IPv4 address ({reason}); FMI's "
+            "TCPunch client needs one: check RENDEZVOUS_HOST (Terraform's rendezvous_host) and "
+            "the host's DNS record",
+        ) from err
+    return str(infos[0][4][0])
+
+
+def require_rendezvous(
+    address: str,
+    *,
+    protocol: str = "legacy",
+    client_protocol: str | None = None,
+    timeout_s: float = 10.0,
+) -> None:
     """Raise an actionable `RendezvousError` unless the rendezvous at `host:port` pairs clients.
 
     Used before a run that communicates (so it is refused instead of timing out on Lambda) and
-    by the executor (so a rank gives up within the deadline, naming host and port).
+    by the executor (so a rank gives up within the deadline, naming host and port). With
+    `client_protocol` (what the executor image's TCPunch client speaks) the probe speaks that;
+    when the server turns it away, a probe of the other protocol tells a protocol mismatch
+    (reported as such, naming both) from a broken server.
     """
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise RendezvousError("protocol", f"rendezvous address {address!r} is not host:port")
-    result = check(host, int(port), protocol=protocol, timeout_s=timeout_s)
-    if not result.ok:
+    speaks = check_protocol(client_protocol or protocol)
+    deadline = time.monotonic() + timeout_s
+    result = check(host, int(port), protocol=speaks, timeout_s=timeout_s)
+    if result.ok:
+        return
+    if client_protocol and result.error_kind == "protocol":
+        _raise_if_server_speaks_other(host, int(port), client_protocol, deadline)
+    raise RendezvousError(
+        result.error_kind or "protocol",
+        f"the rendezvous server at {host}:{port} ({speaks} protocol) is not pairing "
+        f'clients ({result.error_kind}: {result.error}); runs with "communication": true '
+        f"need it. Check it with `cosmicai rendezvous check {host}:{port} --protocol "
+        f"{speaks}` and restart it (on AWS: the rendezvous EC2 host's systemd service).",
+    )
+
+
+def _raise_if_server_speaks_other(host: str, port: int, client: str, deadline: float) -> None:
+    """Raise the mismatch error if the server pairs clients of the protocol `client` is not."""
+    server = next(p for p in PROTOCOLS if p != client)
+    left = deadline - time.monotonic()
+    if left > 0 and check(host, port, protocol=server, timeout_s=left).ok:
         raise RendezvousError(
-            result.error_kind or "protocol",
-            f"the rendezvous server at {host}:{port} ({protocol} protocol) is not pairing "
-            f'clients ({result.error_kind}: {result.error}); runs with "communication": true '
-            f"need it. Check it with `cosmicai rendezvous check {host}:{port} --protocol "
-            f"{protocol}` and restart it (on AWS: the rendezvous EC2 host's systemd service).",
+            "protocol",
+            f"the executor's TCPunch client speaks {client} but the rendezvous server at "
+            f"{host}:{port} speaks {server}: rebuild the image with TCPUNCH_REF of a {server} "
+            f"revision (TCPUNCH_PROTOCOL={server}), or set Terraform's rendezvous_protocol = "
+            f'"{client}"',
         )

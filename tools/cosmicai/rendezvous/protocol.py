@@ -27,6 +27,14 @@ v2 protocol
     `SERVER_RESPONSE_SIZE = 1 + 4 + 2 + 4 + 2 + TOKEN_LENGTH` and its packed struct are 50 bytes,
     although its migration guide (and our FACTS.md) say "51". A client reading 51 would block
     on or misframe the second response, so 50 is what goes on the wire.
+
+Telling the two apart
+    A legacy request is a bare name of at most 100 bytes without a NUL, sent at once; a v2
+    request is 141 bytes whose name field holds a NUL within its first 100 bytes. So a server
+    that has read at most 100 NUL-free bytes and sees nothing more follow is talking to a
+    legacy client (`is_legacy_request_prefix`), and 141 bytes that decode as a v2 request are
+    a v2 client (`is_v2_request`); a legacy server would otherwise read them as an oversized
+    name.
 """
 
 from __future__ import annotations
@@ -169,6 +177,12 @@ def decode_legacy_request(chunk: bytes) -> str:
     return _decode_name(chunk)
 
 
+def is_legacy_request_prefix(data: bytes) -> bool:
+    """Whether `data` (what a client sent so far) can be a whole legacy request but is not yet
+    past the name of a v2 one: 1 to 100 bytes, none of them NUL."""
+    return 0 < len(data) <= MAX_NAME_BYTES and b"\0" not in data
+
+
 def encode_legacy_reply(endpoint: Endpoint) -> bytes:
     return _LEGACY_REPLY.pack(_pack_ip(endpoint), endpoint.port)
 
@@ -195,6 +209,17 @@ def decode_v2_request(data: bytes) -> V2Request:
     name, token_field, flags = _V2_REQUEST.unpack(data)
     token = _c_string(token_field, "reconnect token")
     return V2Request(_decode_name(name), _canonical_token(token) if token else None, flags)
+
+
+def is_v2_request(data: bytes) -> bool:
+    """Whether `data` is a whole, well-formed v2 request with its name NUL-terminated."""
+    if len(data) != V2_REQUEST_SIZE or b"\0" not in data[:MAX_NAME_BYTES]:
+        return False
+    try:
+        decode_v2_request(data)
+    except ProtocolError:
+        return False
+    return True
 
 
 def encode_v2_response(response: V2Response) -> bytes:
