@@ -2,7 +2,7 @@
 # Bootstrap the virtualenv, then run the linter and the whole test suite.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$root/scripts/bootstrap.sh"
+"$root/scripts/bootstrap.sh" dev
 cd "$root"
 .venv/bin/ruff check .
 .venv/bin/python -m pytest "$@"

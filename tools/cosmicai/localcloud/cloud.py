@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,12 +53,10 @@ class LocalCloud:
         self.concurrency = concurrency
         self.communication = communication
         self.rendezvous_protocol = rendezvous_protocol
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if workdir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="cosmicai-localcloud-")
-            workdir = Path(self._tmp.name)
-        self.workdir = workdir
-        self.log_path = workdir / "localcloud.log"
+        # A temporary workdir is removed by whichever of us outlives the other.
+        self._remove_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="cosmicai-localcloud-"))
+        self.log_path = self.workdir / "localcloud.log"
         self.endpoint_url = ""
         self.services: dict[str, Any] = {}
         self._process: subprocess.Popen[str] | None = None
@@ -72,7 +71,14 @@ class LocalCloud:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        exited = self._process.poll() if self._process else None
+        tail = self._log_tail() if exited is not None else ""
         self.stop()
+        if exited is not None and isinstance(exc, Exception) and not isinstance(exc, CosmicAIError):
+            raise CosmicAIError(
+                f"the local cloud's server exited (status {exited}) in the middle of the run, so "
+                f"the run was lost; run it again. The end of its log:\n{tail or '(empty)'}"
+            ) from exc
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +97,7 @@ class LocalCloud:
                     "--rendezvous-protocol",
                     self.rendezvous_protocol,
                     *(["--communication"] if self.communication else []),
+                    *(["--remove-workdir"] if self._remove_workdir else []),
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -125,9 +132,8 @@ class LocalCloud:
             if self._process.stdout:
                 self._process.stdout.close()
             self._process = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        if self._remove_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _log_tail(self, lines: int = 20) -> str:
         try:

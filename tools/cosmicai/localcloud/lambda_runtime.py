@@ -353,6 +353,7 @@ class LambdaRuntime:
             env={
                 **self._lambda_env(config, stream, str(tmpdir), task_root),
                 "COSMICAI_WORKER_FD": str(write_fd),
+                "COSMICAI_RUNTIME_PID": str(os.getpid()),
             },
             pass_fds=(write_fd,),
             start_new_session=True,

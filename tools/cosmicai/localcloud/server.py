@@ -18,9 +18,11 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -200,6 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=LOCAL_ACCOUNT_CONCURRENCY)
     parser.add_argument("--rendezvous-protocol", choices=("legacy", "v2"), default="legacy")
     parser.add_argument("--communication", action="store_true", help="host the FMI store")
+    parser.add_argument(
+        "--remove-workdir", action="store_true", help="delete the workdir on exit (a temp dir)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -213,12 +218,24 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # The parent closing our stdin, or dying, ends the local cloud.
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-    endpoint_url = server.start()
-    ready = {"endpoint_url": endpoint_url, "region": args.region, **server.services()}
-    print(json.dumps(ready), flush=True)
-    stop.wait()
-    server.stop()
+    threading.Thread(target=_watch_parent, args=(os.getppid(), stop), daemon=True).start()
+    try:
+        endpoint_url = server.start()
+        ready = {"endpoint_url": endpoint_url, "region": args.region, **server.services()}
+        print(json.dumps(ready), flush=True)
+        stop.wait()
+    finally:
+        server.stop()
+        if args.remove_workdir:
+            shutil.rmtree(args.workdir, ignore_errors=True)
+
+
+def _watch_parent(parent: int, stop: threading.Event, poll_s: float = 0.2) -> None:
+    while os.getppid() == parent and not stop.is_set():
+        time.sleep(poll_s)
+    stop.set()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ by path, in an isolated interpreter, so it imports only the standard library and
 Requests arrive as JSON lines on stdin; replies go as JSON lines to the file descriptor named
 by `COSMICAI_WORKER_FD`. Whatever the handler prints goes to stdout/stderr, which the runtime
 forwards to the function's CloudWatch Logs stream, as on Lambda. The worker exits when stdin
-closes, so it never outlives the runtime that started it.
+closes, and a watchdog kills its whole process group (the handler's children included) the
+moment the runtime that started it (`COSMICAI_RUNTIME_PID`) is gone, even while it computes, so
+it never outlives the runtime.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import importlib
 import json
 import os
 import resource
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -68,7 +72,16 @@ def _load_handler(task_root: str, spec: str, site_dirs: list[str]) -> Any:
     return handler
 
 
+def _watch_runtime(runtime_pid: int, poll_s: float = 0.2) -> None:
+    """Kill this environment's process group once its runtime process has exited."""
+    while os.getppid() == runtime_pid:
+        time.sleep(poll_s)
+    os.killpg(0, signal.SIGKILL)
+
+
 def main() -> None:
+    runtime_pid = int(os.environ.get("COSMICAI_RUNTIME_PID", os.getppid()))
+    threading.Thread(target=_watch_runtime, args=(runtime_pid,), daemon=True).start()
     task_root, spec, site_dirs = sys.argv[1], sys.argv[2], sys.argv[3:]
     os.chdir(task_root)
     replies = os.fdopen(int(os.environ["COSMICAI_WORKER_FD"]), "w", buffering=1)
