@@ -118,9 +118,9 @@ variable "executor_memory_mb" {
 }
 
 variable "executor_timeout_s" {
-  description = "Timeout of one executor invocation in seconds (1-900)."
+  description = "Timeout of one executor invocation in seconds (1-900; at most 300 with map_execution_type \"EXPRESS\")."
   type        = number
-  default     = 900
+  default     = 300
 }
 
 variable "executor_ephemeral_storage_mb" {
@@ -162,7 +162,7 @@ variable "log_retention_days" {
 }
 
 variable "map_execution_type" {
-  description = "Execution type of the Distributed Map's children: \"EXPRESS\" or \"STANDARD\"."
+  description = "Execution type of the Distributed Map's children: \"EXPRESS\" (5 minutes at most per rank) or \"STANDARD\" (for longer ranks)."
   type        = string
   default     = "EXPRESS"
 }

@@ -105,7 +105,7 @@ def test_weekly_restart_schedule_reboots_the_rendezvous_host(plan) -> None:
 def test_executor_memory_timeout_and_storage(plan) -> None:
     executor = after(plan, "module.pipeline.aws_lambda_function.executor")
     assert executor["memory_size"] == 10240
-    assert executor["timeout"] == 900
+    assert executor["timeout"] == 300  # cosmicai.defaults: EXPRESS children run 5 minutes
     assert executor["ephemeral_storage"][0]["size"] == 2048
     assert executor["package_type"] == "Image"
     assert executor["image_uri"].endswith(f"/cosmicai-executor:{IMAGE_TAG}")

@@ -125,13 +125,18 @@ variable "executor_memory_mb" {
 }
 
 variable "executor_timeout_s" {
-  description = "Timeout of one executor invocation in seconds. Lambda allows 1-900; a new function's default of 3 s is far too short for inference."
+  description = "Timeout of one executor invocation in seconds. Lambda allows 1-900, EXPRESS children (map_execution_type) at most 300; a new function's default of 3 s is far too short for inference."
   type        = number
-  default     = 900
+  default     = 300
 
   validation {
     condition     = var.executor_timeout_s >= 1 && var.executor_timeout_s <= 900 && floor(var.executor_timeout_s) == var.executor_timeout_s
     error_message = "executor_timeout_s must be a whole number of seconds between 1 and 900 (Lambda's limits)."
+  }
+
+  validation {
+    condition     = var.map_execution_type != "EXPRESS" || var.executor_timeout_s <= 300
+    error_message = "executor_timeout_s is ${var.executor_timeout_s}, but AWS stops an EXPRESS child workflow after 5 minutes (300 s), so a longer rank would be cut off: lower executor_timeout_s to 300 or less, or set map_execution_type = \"STANDARD\" for ranks that need longer."
   }
 }
 
@@ -280,7 +285,7 @@ variable "log_retention_days" {
 }
 
 variable "map_execution_type" {
-  description = "Execution type of the Distributed Map's child workflows: \"EXPRESS\" (cheaper, 5-minute limit per child) or \"STANDARD\"."
+  description = "Execution type of the Distributed Map's child workflows, one per rank: \"EXPRESS\" (AWS stops it after 5 minutes, so executor_timeout_s <= 300) or \"STANDARD\" (for longer ranks)."
   type        = string
   default     = "EXPRESS"
 

@@ -34,9 +34,11 @@ locals {
     { for c in var.allowed_cidrs : "rendezvous ${c}" => { port = var.port, cidr = c, what = "TCPunch rendezvous (${var.protocol})" } },
     { for c in local.health_cidrs : "health ${c}" => { port = var.health_port, cidr = c, what = "rendezvous health endpoint" } },
   )
-  host      = var.dns_name != null ? trimsuffix(var.dns_name, ".") : aws_eip.this.public_ip
-  partition = data.aws_partition.current.partition
-  region    = data.aws_region.current.region
+  # The server's extra only (standard library): "cosmicai==1.0" -> "cosmicai[rendezvous]==1.0".
+  requirement = "cosmicai[rendezvous]${trimprefix(var.cosmicai_package, "cosmicai")}"
+  host        = var.dns_name != null ? trimsuffix(var.dns_name, ".") : aws_eip.this.public_ip
+  partition   = data.aws_partition.current.partition
+  region      = data.aws_region.current.region
 }
 
 resource "aws_security_group" "this" {
@@ -110,10 +112,10 @@ resource "aws_instance" "this" {
   ebs_optimized               = true
   user_data_replace_on_change = true
   user_data = templatefile("${path.module}/user_data.sh.tftpl", {
-    cosmicai_package = var.cosmicai_package
-    port             = var.port
-    health_port      = var.health_port
-    protocol         = var.protocol
+    requirement = local.requirement
+    port        = var.port
+    health_port = var.health_port
+    protocol    = var.protocol
   })
 
   metadata_options {

@@ -96,12 +96,12 @@ variable "protocol" {
 }
 
 variable "cosmicai_package" {
-  description = "Pinned pip requirement the host installs the server from: \"cosmicai==<version>\" or \"cosmicai @ git+https://github.com/<owner>/<repo>@<tag or commit>\"."
+  description = "Pinned pip requirement the host installs the server from: \"cosmicai==<version>\" or \"cosmicai @ git+https://github.com/<owner>/<repo>@<tag or commit>\". The module adds the rendezvous extra (standard library only: no PyTorch)."
   type        = string
 
   validation {
     condition     = can(regex("^cosmicai(==[0-9A-Za-z.+!-]+| @ git\\+https://[A-Za-z0-9./_-]+@[A-Za-z0-9._/-]+)$", var.cosmicai_package))
-    error_message = "cosmicai_package must pin a version, e.g. \"cosmicai==0.1.0\" or \"cosmicai @ git+https://github.com/org/cosmicai@v0.1.0\" (no branches without a ref, no spaces or quotes)."
+    error_message = "cosmicai_package must pin a version, e.g. \"cosmicai==0.1.0\" or \"cosmicai @ git+https://github.com/org/cosmicai@v0.1.0\" (no branches without a ref, no spaces or quotes, no extras: the module installs cosmicai[rendezvous])."
   }
 }
 
@@ -128,7 +128,7 @@ variable "health_allowed_cidrs" {
 }
 
 variable "root_volume_size_gb" {
-  description = "Size of the encrypted gp3 root volume in GiB (the server's Python environment needs about 3 GiB)."
+  description = "Size of the encrypted gp3 root volume in GiB (the AL2023 AMI needs 8; the server's environment is a few MB, standard library only)."
   type        = number
   default     = 16
 
