@@ -189,9 +189,9 @@ def test_completed_run_id_and_result_path_are_not_reused(
 
 
 def _s3_exists(target: Target):
-    from cosmicai.runner import s3_exists
+    from cosmicai.claims import S3Claims
 
-    return s3_exists(target.client("s3"))
+    return S3Claims(target).exists
 
 
 def test_world_size_above_file_count_fails_in_init(target: Target, mirror: LocalS3Mirror) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from cosmicai.lambda_report import ReportLine, parse_report_lines
 from cosmicai.localcloud.cloud import LocalCloud
-from cosmicai.localcloud.mirror import LocalS3Mirror
+from cosmicai.localcloud.mirror import LocalS3Mirror, MirrorClaims
 from cosmicai.localcloud.session import run_local, save_logs, upload_inputs
 from cosmicai.payload import validate_payload
 from cosmicai.report_html import render_html
@@ -271,7 +271,7 @@ def test_cloud_store_reads_the_same_invocations_and_history_confirms_the_count(
         for name in ("results/one", "results/two"):
             payload = _payload(name)
             upload_inputs(target, payload, mirror)
-            run_id, arn = start_run(target, payload, exists=mirror.exists)
+            run_id, arn = start_run(target, payload, claims=MirrorClaims(mirror))
             runs.append((run_id, follow(target, run_id, arn, payload.bucket, timeout_s=180)))
         store = CloudRuns(target, settle_s=0)
         for run_id, execution in runs:

@@ -2,7 +2,9 @@
 
 A run is one Step Functions execution named after its run id, with its payload at
 `runs/<run_id>/payload.json` in the runs bucket (never a shared key, so concurrent runs of
-different teams cannot clobber each other).
+different teams cannot clobber each other). Before anything else is written a run claims its
+run id and its result_path (`cosmicai.claims`), so of runs started at the same moment with the
+same run id or result_path exactly one starts.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cosmicai.claims import Claims, S3Claims, claim_run, execution_arn
 from cosmicai.inference.errors import CosmicAIError
 from cosmicai.payload import Payload
 from cosmicai.pipeline.layout import RunLayout, check_run_id, new_run_id
@@ -21,7 +24,7 @@ from cosmicai.rendezvous.probe import require_rendezvous
 from cosmicai.target import Target
 
 Exists = Callable[[str, str], bool]
-"""exists(bucket, key): whether an object is already stored (S3, or the local mirror)."""
+"""exists(bucket, key): whether an object is already stored (S3, or the local store)."""
 
 
 class RunFailed(CosmicAIError):
@@ -39,19 +42,6 @@ class Progress:
     ranks_failed: int
     world_size: int | None
     elapsed_s: float
-
-
-def s3_exists(s3: Any) -> Exists:
-    def exists(bucket: str, key: str) -> bool:
-        try:
-            s3.head_object(Bucket=bucket, Key=key)
-            return True
-        except s3.exceptions.ClientError as err:
-            if err.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
-
-    return exists
 
 
 def check_fresh(payload: Payload, run_id: str, exists: Exists, overwrite: bool) -> None:
@@ -79,9 +69,13 @@ def start_run(
     *,
     run_id: str | None = None,
     overwrite: bool = False,
-    exists: Exists | None = None,
+    claims: Claims | None = None,
 ) -> tuple[str, str]:
-    """Upload the payload under a unique run id and start the execution; returns (run id, ARN)."""
+    """Claim a unique run id and the result_path, upload the payload and start the execution.
+
+    Returns (run id, execution ARN). `claims` is where concurrent runs meet: S3 by default, the
+    local store for local runs (each has its own emulator).
+    """
     if target.kind == "aws" and payload.bucket != target.runs_bucket:
         raise CosmicAIError(
             f"payload bucket {payload.bucket!r} is not the platform's runs bucket "
@@ -96,8 +90,25 @@ def start_run(
                 "(Terraform output rendezvous_address is empty)"
             )
         require_rendezvous(target.rendezvous, protocol=target.rendezvous_protocol, timeout_s=5)
+    claims = claims or S3Claims(target)
+    check_fresh(payload, run_id, claims.exists, overwrite)
+    # Execution names are unique per state machine: a re-run of a run id gets a suffix.
+    execution_name = f"{run_id}-{int(time.time())}" if rerun else run_id
+    arn = execution_arn(target.state_machine_arn, execution_name)
+    claimed = claim_run(claims, payload, run_id, arn, overwrite)
+    try:
+        return run_id, _upload_and_start(target, payload, run_id, execution_name, overwrite)
+    except BaseException:
+        for key in claimed:
+            claims.release(payload.bucket, key)
+        raise
+
+
+def _upload_and_start(
+    target: Target, payload: Payload, run_id: str, execution_name: str, overwrite: bool
+) -> str:
+    """Upload the payload (a re-run first clears its old rank results), start; returns the ARN."""
     s3 = target.client("s3")
-    check_fresh(payload, run_id, exists or s3_exists(s3), overwrite)
     layout = RunLayout(run_id)
     if overwrite:
         for prefix in (layout.ranks_prefix, layout.failures_prefix):
@@ -109,14 +120,12 @@ def start_run(
         Body=json.dumps(payload.to_dict(), indent=2).encode(),
         ContentType="application/json",
     )
-    # Execution names are unique per state machine: a re-run of a run id gets a suffix.
-    execution_name = f"{run_id}-{int(time.time())}" if rerun else run_id
     execution = target.client("stepfunctions").start_execution(
         stateMachineArn=target.state_machine_arn,
         name=execution_name,
         input=json.dumps({"run_id": run_id, "bucket": payload.bucket}),
     )
-    return run_id, execution["executionArn"]
+    return execution["executionArn"]
 
 
 def _count(s3: Any, bucket: str, prefix: str) -> int:

@@ -246,7 +246,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--overwrite",
         action="store_true",
-        help="allow an existing result_path or a completed run id to be replaced",
+        help="replace the results and claim of a finished run (result_path or run id)",
     )
     run.set_defaults(func=cmd_run)
 

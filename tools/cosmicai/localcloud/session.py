@@ -17,7 +17,7 @@ from typing import Any
 from cosmicai.defaults import FunctionSettings
 from cosmicai.inference.errors import CosmicAIError
 from cosmicai.localcloud.cloud import LocalCloud
-from cosmicai.localcloud.mirror import LocalS3Mirror
+from cosmicai.localcloud.mirror import LocalS3Mirror, MirrorClaims
 from cosmicai.payload import Payload
 from cosmicai.run_metrics import HISTORY_FILE, fetch_history
 from cosmicai.runner import Progress, follow, start_run
@@ -108,7 +108,7 @@ def run_local(
             payload,
             run_id=run_id,
             overwrite=overwrite,
-            exists=mirror.exists,
+            claims=MirrorClaims(mirror),  # concurrent local runs share only the local store
         )
         if on_started:
             on_started(run_id)

@@ -1,4 +1,10 @@
-"""Where a run's objects live in the runs bucket: one prefix per run id, never a shared key."""
+"""Where a run's objects live in the runs bucket: one prefix per run id, never a shared key.
+
+Claims (see `cosmicai.claims`) make run ids and result paths exclusive: a run's claim on its id
+is `runs/<run_id>/claim.json`, its claim on its result_path is
+`claims/result_paths/<result_path>.claim`, outside result_path so that nothing reading the
+results (script-mode summarize takes every `.json` under result_path) ever sees it.
+"""
 
 from __future__ import annotations
 
@@ -58,3 +64,17 @@ class RunLayout:
     @property
     def summary_key(self) -> str:
         return f"{self.prefix}summary.json"
+
+    @property
+    def claim_key(self) -> str:
+        return f"{self.prefix}claim.json"
+
+    @property
+    def execution_key(self) -> str:
+        """The execution record a local run keeps in the local store when it ends."""
+        return f"{self.prefix}execution.json"
+
+
+def result_claim_key(result_prefix: str) -> str:
+    """The key of the claim on a result_path (`Payload.result_prefix`)."""
+    return f"claims/result_paths/{result_prefix}.claim"
