@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
 from cosmicai.claims import STARTING_GRACE_S, ClaimedError, Claims, S3Claims
+from cosmicai.inference.errors import CosmicAIError
 from cosmicai.localcloud.mirror import LocalS3Mirror, MirrorClaims
 from cosmicai.localcloud.session import run_local
 from cosmicai.payload import Payload, validate_payload
@@ -90,7 +91,13 @@ def payload(result_path: str, **extra: Any) -> Payload:
 
 
 def body(run_id: str, **extra: Any) -> dict[str, Any]:
-    return {"run_id": run_id, "team": "t", "created": datetime.now(UTC).isoformat(), **extra}
+    return {
+        "run_id": run_id,
+        "team": "t",
+        "created": datetime.now(UTC).isoformat(),
+        "execution_arn": f"arn:aws:states:us-east-1:123456789012:execution:claims-run:{run_id}",
+        **extra,
+    }
 
 
 def together(calls: list[Callable[[], Any]]) -> list[Any]:
@@ -273,8 +280,7 @@ def _leave_claim(mirror: LocalS3Mirror, p: Payload, run_id: str, **process: Any)
     """A claim as a `cosmicai run` leaves it when its process dies before the run's end."""
     path = mirror.path(BUCKET, result_claim_key(p.result_prefix))
     path.parent.mkdir(parents=True, exist_ok=True)
-    arn = "arn:aws:states:us-east-1:123456789012:execution:cosmicai-run:" + run_id
-    path.write_text(json.dumps(body(run_id, execution_arn=arn, **process)))
+    path.write_text(json.dumps(body(run_id, **process)))
 
 
 def test_a_stale_local_claim_counts_as_finished(target: Target, mirror: LocalS3Mirror) -> None:
@@ -301,6 +307,15 @@ def test_an_s3_claim_without_execution_is_starting_then_abandoned(target: Target
     assert claims.claim(BUCKET, key, body("never-ran", execution_arn=arn, created=long_ago)) is None
     run_id, _ = start_run(target, p, run_id="abandoned-1", overwrite=True, claims=claims)
     assert claims.read(BUCKET, key).run_id == run_id
+
+
+def test_a_damaged_claim_is_an_actionable_error(target: Target, claims: Claims) -> None:
+    p = payload("results/damaged")
+    key = result_claim_key(p.result_prefix)
+    assert claims.claim(BUCKET, key, {"run_id": "half"}) is None  # written by hand
+    with pytest.raises(CosmicAIError, match=r"the claim .*damaged.claim is damaged: delete it"):
+        start_run(target, p, run_id="damaged-1", claims=claims)
+    assert not claims.exists(BUCKET, RunLayout("damaged-1").claim_key)
 
 
 def test_a_run_that_cannot_start_releases_its_claims(target: Target, claims: Claims) -> None:

@@ -40,7 +40,7 @@ class Claim:
 
     @property
     def run_id(self) -> str:
-        return str(self.body.get("run_id"))
+        return self.body["run_id"]
 
     @property
     def age_s(self) -> float:
@@ -75,12 +75,16 @@ def encode(body: dict[str, Any]) -> bytes:
 
 
 def decode(raw: bytes, where: str) -> dict[str, Any]:
+    """A stored claim's body, checked to hold what deciding about it needs."""
     try:
         body = json.loads(raw)
-    except ValueError:
-        body = None
-    if not isinstance(body, dict) or "run_id" not in body or "created" not in body:
-        raise CosmicAIError(f"the claim {where} is damaged: delete it if no run is using it.")
+        datetime.fromisoformat(body["created"])
+        if not all(isinstance(body[k], str) for k in ("run_id", "execution_arn")):
+            raise TypeError
+    except (ValueError, TypeError, KeyError) as err:
+        raise CosmicAIError(
+            f"the claim {where} is damaged: delete it if no run is using it."
+        ) from err
     return body
 
 
