@@ -209,3 +209,31 @@ def test_unknown_run_is_an_actionable_error(demos, capsys: pytest.CaptureFixture
         patch.setenv("COSMICAI_HOME", str(demos["home"] / ".cosmicai"))
         assert main(["report", "nope-20260101-000000-000000"]) == 1
     assert "no local run nope-20260101-000000-000000" in capsys.readouterr().err
+
+
+def test_a_damaged_store_is_reported_run_by_run(
+    demos, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / ".cosmicai"
+    shutil.copytree(demos["home"] / ".cosmicai" / "s3", home / "s3")
+    newer, older = demos["run_ids"]
+    runs = home / "s3" / "cosmicai-runs" / "runs"
+    summary = runs / newer / "summary.json"
+    summary.write_text(summary.read_text()[:40])  # truncated
+    (runs / "demo-20260101-000000-ffffff").mkdir()  # a run folder without execution.json
+    (runs / "demo-20260101-000000-eeeeee").mkdir()
+    (runs / "demo-20260101-000000-eeeeee" / "execution.json").write_text('{"name": "demo-')
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COSMICAI_HOME", str(home))
+        code, out = _cli("runs", "--json")
+        assert code == 0
+        rows = {row["run_id"]: row for row in json.loads(out)}
+        assert rows[older]["status"] == "succeeded"
+        assert rows[newer]["status"].startswith(f"unreadable: {summary}: not valid JSON")
+        assert rows["demo-20260101-000000-eeeeee"]["status"].startswith("unreadable: ")
+        for command in ("status", "results", "report"):
+            assert main([command, newer]) == 1
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: unreadable: {summary}: ") and "truncated" in err
+        assert main(["status", "demo-20260101-000000-ffffff"]) == 1
+        assert "execution.json: no such file" in capsys.readouterr().err

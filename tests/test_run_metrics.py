@@ -242,7 +242,8 @@ def test_a_run_that_fails_in_init_still_reports(tmp_path: Path) -> None:
     run = run_local(_payload("results/too-many", world_size=8), mirror=mirror)
     data = load_run(LocalRuns(mirror), run.run_id)
     assert data.status == "failed" and data.summary is None and data.items == []
-    assert data.message.startswith("NoDataError: ")
+    assert data.message.startswith("init failed: NoDataError: world_size 8 is larger")
+    assert "stackTrace" not in data.message and "File " not in data.message
     cost = cost_of_run(data)
     assert cost.transitions == {"parent": 1, "map_children_started": 0, "children": 0}
     html = render_html(data, cost)

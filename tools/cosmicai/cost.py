@@ -18,7 +18,6 @@ run. Data transfer inside a region, S3 storage and CloudWatch Logs are not inclu
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -28,6 +27,7 @@ from typing import Any, Literal
 
 from cosmicai.inference.errors import CosmicAIError
 from cosmicai.lambda_report import ReportLine
+from cosmicai.safe_input import MissingInput, UnreadableInput, read_json_file
 
 Arch = Literal["x86_64", "arm64"]
 Workflow = Literal["standard", "express"]
@@ -36,6 +36,7 @@ ARCHES: tuple[str, ...] = ("x86_64", "arm64")
 WORKFLOWS: tuple[str, ...] = ("standard", "express")
 MEMORY_RANGE_MB = (128, 10240)
 EPHEMERAL_RANGE_MB = (512, 10240)
+MAX_DURATION_S = 900  # Lambda's maximum timeout: no invocation lasts longer
 PRICES_ENV = "COSMICAI_PRICES"
 PACKAGED_PRICES = Path(__file__).with_name("prices.json")
 
@@ -100,21 +101,14 @@ def _check_table(table: Mapping[str, Any], where: str, complete: bool) -> None:
 
 def _read_table(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+        table = read_json_file(path)
+    except MissingInput:
         raise CostError(
             f"price table {path} not found; pass an existing JSON file with --prices or "
             f"{PRICES_ENV}, or neither to use the packaged table"
         ) from None
-    except OSError as err:
-        raise CostError(f"cannot read price table {path}: {err.strerror}") from None
-    try:
-        table = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CostError(
-            f"price table {path} is not valid JSON: {err.msg} at line {err.lineno}, "
-            f"column {err.colno}"
-        ) from None
+    except UnreadableInput as err:
+        raise CostError(f"{err} (a price table must be a JSON file)") from None
     if not isinstance(table, dict):
         raise CostError(f"price table {path} must hold a JSON object")
     return table
@@ -369,8 +363,13 @@ def lambda_cost(
     prices: Mapping[str, Any] | None = None,
 ) -> CostBreakdown:
     """What-if cost of `requests` invocations of `duration_s` each (billed rounded up to 1 ms)."""
-    if not isinstance(duration_s, int | float) or not math.isfinite(duration_s) or duration_s < 0:
-        raise CostError(f"duration_s must be a number of seconds >= 0, got {duration_s!r}")
+    if isinstance(duration_s, bool) or not isinstance(duration_s, int | float):
+        raise CostError(f"duration_s must be a number of seconds, got {duration_s!r}")
+    if not 0 <= duration_s <= MAX_DURATION_S:  # also refuses nan and inf
+        raise CostError(
+            f"duration_s must be a number of seconds from 0 to {MAX_DURATION_S} (Lambda's "
+            f"longest timeout), got {duration_s!r}"
+        )
     billed_ms = math.ceil(round(duration_s * 1000, 6))  # 6.55 s is 6550 ms, not 6551
     _check_count("requests", requests)
     usage = LambdaUsage("", requests, requests * billed_ms, memory_mb, arch, ephemeral_mb)

@@ -34,13 +34,19 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from cosmicai.inference.errors import CosmicAIError
+from cosmicai.pipeline.s3objects import (
+    BUCKET_PATTERN,
+    S3LocationError,
+    check_bucket,
+    check_key,
+)
+from cosmicai.pipeline.s3objects import quoted as _quoted
+from cosmicai.safe_input import MissingInput, UnreadableInput, read_json_file
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "payload.schema.json"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
-BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 TEAM_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
-MAX_KEY_BYTES = 1024  # S3's limit on an object key
 LAMBDA_TMP = "/tmp/"  # where the reference executor downloads S3_object_name
 
 # Schema-only patterns, so editors flag mistakes as students type (the model says why).
@@ -82,11 +88,6 @@ def _refuse(message: str) -> PydanticCustomError:
     return PydanticCustomError("payload", "{detail}", {"detail": message})
 
 
-def _quoted(value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, str | int | float | bool | None) else repr(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."
-
-
 def _not_a_boolean(value: Any) -> Any:
     """Numbers coerce from strings, but `true` as a batch size is a mistake, not a 1."""
     if isinstance(value, bool):
@@ -120,60 +121,43 @@ Percentage = Annotated[
         }
     ),
 ]
+_FLAG_VALUES = {True: True, False: False, "true": True, "false": False}
+
+
+def _strict_flag(value: Any) -> bool:
+    """Only JSON true/false or "true"/"false": a flag may unlock code execution, so "yes", 1
+    or "on" are mistakes to report, not to guess at."""
+    if isinstance(value, bool | str) and value in _FLAG_VALUES:
+        return _FLAG_VALUES[value]
+    raise _refuse(
+        f'expected true or false (JSON booleans, or the strings "true" and "false"), '
+        f"got {_quoted(value)}"
+    )
+
+
 Flag = Annotated[
     bool,
+    BeforeValidator(_strict_flag),
     WithJsonSchema({"anyOf": [{"type": "boolean"}, {"type": "string", "enum": ["true", "false"]}]}),
 ]
 
 
 def _relative_path(value: str, *, example: str, trailing_slash: bool) -> str:
-    """`value` as a safe S3 key or prefix inside a bucket, without a trailing slash."""
-    shown = _quoted(value)
+    """`value` as a safe S3 key (or, with `trailing_slash`, a prefix: without its "/")."""
     if not value:
         raise _refuse(f'is empty; give a path, e.g. "{example}"')
-    if value != value.strip():
-        raise _refuse(f"{shown} has leading or trailing spaces; remove them")
-    if "\\" in value:
-        fixed = _quoted(value.replace("\\", "/"))
-        raise _refuse(f"{shown} contains a backslash; S3 keys use forward slashes: {fixed}")
-    if any(ord(char) < 32 or ord(char) == 127 for char in value):
-        raise _refuse(f"{shown} contains a control character; remove it")
-    if value.startswith("/"):
-        raise _refuse(
-            f"{shown} is an absolute path; give a relative path, e.g. "
-            f"{_quoted(value.lstrip('/') or example)}"
-        )
-    if trailing_slash and value.endswith("/"):
-        value = value[:-1]
-    segments = value.split("/")
-    if "" in segments:
-        raise _refuse(f'{shown} has an empty path segment ("//" or a trailing "/"); remove it')
-    if ".." in segments or "." in segments:
-        raise _refuse(
-            f'{shown} contains a "." or ".." segment (path traversal); '
-            f'name the folders explicitly, e.g. "{example}"'
-        )
-    if len(value.encode()) > MAX_KEY_BYTES:
-        raise _refuse(f"is {len(value.encode())} bytes long; S3 keys hold at most {MAX_KEY_BYTES}")
-    return value
+    try:
+        return check_key(value, prefix=trailing_slash, example=example)
+    except S3LocationError as err:
+        raise _refuse(str(err)) from None
 
 
 def _bucket_name(value: str) -> str:
     """`value` if it follows the S3 bucket naming rules (general purpose buckets)."""
-    rule = (
-        "S3 bucket names have 3-63 characters: lowercase letters, digits, dots and hyphens, "
-        "starting and ending with a letter or digit"
-    )
-    if not value:
-        raise _refuse(f'is empty; give the name of an S3 bucket, e.g. "cosmicai-runs" ({rule})')
-    if not re.fullmatch(BUCKET_PATTERN, value) or ".." in value:
-        fixed = re.sub(r"[^a-z0-9.]+|\.{2,}", "-", value.lower()).strip(".-")
-        valid_fix = re.fullmatch(BUCKET_PATTERN, fixed) and ".." not in fixed
-        hint = f'; e.g. "{fixed}"' if valid_fix else ""
-        raise _refuse(f"{_quoted(value)} is not a valid bucket name: {rule}{hint}")
-    if re.fullmatch(r"\d+\.\d+\.\d+\.\d+", value):
-        raise _refuse(f"{_quoted(value)} is not a valid bucket name: it looks like an IP address")
-    return value
+    try:
+        return check_bucket(value)
+    except S3LocationError as err:
+        raise _refuse(str(err)) from None
 
 
 def _normalise_key(key: str) -> str:
@@ -459,7 +443,7 @@ def _message(error: Mapping[str, Any], key: str) -> str:
         field = next(f for name, f in Payload.model_fields.items() if (f.alias or name) == key)
         description = str(field.description)
         return f'required but missing; add "{key}": {description[0].lower()}{description[1:]}'
-    if kind in ("int_parsing", "int_from_float", "int_type"):
+    if kind in ("int_parsing", "int_parsing_size", "int_from_float", "int_type"):
         return f"expected a whole number, got {got}"
     if kind in ("float_parsing", "float_type", "finite_number"):
         return f"expected a number, got {got}"
@@ -499,44 +483,31 @@ def validate_payload(data: Mapping[str, Any], source: str | None = None) -> Payl
     return payload
 
 
-def _parse_json(text: str) -> tuple[Any, list[Problem]]:
-    """The parsed document, and a problem per duplicated key (JSON would keep only the last)."""
-    duplicates: list[Problem] = []
+def _duplicates_noted(problems: list[Problem]) -> Any:
+    """An object_pairs_hook noting a problem per duplicated key (JSON would keep the last)."""
 
     def keep_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         found: dict[str, Any] = {}
         for key, value in pairs:
             if key in found:
-                duplicates.append(Problem(key, "appears more than once; keep a single entry"))
+                problems.append(Problem(key, "appears more than once; keep a single entry"))
             found[key] = value
         return found
 
-    return json.loads(text, object_pairs_hook=keep_pairs), duplicates
+    return keep_pairs
 
 
 def load_payload(path: str | Path) -> Payload:
     """Read and validate a payload file; PayloadError (naming the file) on any problem."""
     source = str(path)
+    duplicates: list[Problem] = []
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
+        data = read_json_file(path, object_pairs_hook=_duplicates_noted(duplicates))
+    except MissingInput:
         message = "file not found; check the path (the repository's payload.json is an example)"
         raise PayloadError([Problem("", message)], source) from None
-    except IsADirectoryError:
-        raise PayloadError([Problem("", "is a directory; give the payload file")], source) from None
-    except UnicodeDecodeError as err:
-        message = f"is not UTF-8 text (byte {err.start}); save it as UTF-8"
-        raise PayloadError([Problem("", message)], source) from None
-    except OSError as err:
-        raise PayloadError([Problem("", f"cannot be read: {err.strerror}")], source) from None
-    if not text.strip():
-        message = "is empty; it must hold a JSON object of settings"
-        raise PayloadError([Problem("", message)], source)
-    try:
-        data, duplicates = _parse_json(text)
-    except json.JSONDecodeError as err:
-        message = f"not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
-        raise PayloadError([Problem("", message)], source) from None
+    except UnreadableInput as err:
+        raise PayloadError([Problem("", err.reason)], source) from None
     payload, problems = _check(data)
     if payload is None or duplicates:
         raise PayloadError(duplicates + problems, source)

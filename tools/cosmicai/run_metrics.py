@@ -30,12 +30,24 @@ from cosmicai.lambda_report import ReportLine, ReportParseError, parse_report_li
 from cosmicai.localcloud.mirror import LocalS3Mirror
 from cosmicai.pipeline.layout import RunLayout
 from cosmicai.pipeline.s3objects import iter_objects
+from cosmicai.safe_input import (
+    MAX_LOG_BYTES,
+    MAX_RECORD_BYTES,
+    UnreadableInput,
+    json_object,
+    parse_json,
+    parse_json_bytes,
+    read_json_file,
+    read_text,
+)
 from cosmicai.target import FUNCTION_ROLES, Target
 
 _START = re.compile(r"^START RequestId: (\S+)")
 _RERUN_SUFFIX = re.compile(r"^(.+)-\d{10}$")  # `<run_id>-<epoch>`: an --overwrite re-run
+_STEP_MODULE = re.compile(r"cosmicai/pipeline/(\w+)\.py")  # a pipeline step's frame in a trace
 HISTORY_FILE = "history.json"
 EXECUTION_FILE = "execution.json"
+SUMMARY_KEYS = ("run_id", "status", "world_size", "ranks_succeeded", "samples", "message")
 
 
 @dataclass(frozen=True)
@@ -191,11 +203,30 @@ def _epoch_ms(value: Any) -> int | None:
     """A describe_execution date (datetime, ISO text, or epoch seconds) in epoch ms."""
     if value is None:
         return None
-    if isinstance(value, int | float):
-        return int(value * 1000)
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return int(value.timestamp() * 1000)
+    try:
+        if isinstance(value, int | float):
+            return int(value * 1000)
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return int(value.timestamp() * 1000)
+    except (ValueError, TypeError, AttributeError, OverflowError):
+        raise CosmicAIError(f"execution record date {value!r} is not a date") from None
+
+
+def execution_failure(execution: dict[str, Any]) -> str:
+    """Why an execution failed, in one line: "init failed: <errorType>: <errorMessage>" for a
+    Lambda error (its stack trace left out), else its error and cause; "" if it did not fail."""
+    error, cause = execution.get("error"), execution.get("cause")
+    try:
+        body = json.loads(cause) if isinstance(cause, str) else None
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "errorMessage" in body:
+        trace = " ".join(str(frame) for frame in body.get("stackTrace") or [])
+        step = match.group(1) if (match := _STEP_MODULE.search(trace)) else "lambda"
+        kind = body.get("errorType") or error or "Error"
+        return f"{step} failed: {kind}: {body['errorMessage']}"
+    return ": ".join(str(part) for part in (error, cause) if part)
 
 
 def execution_window_ms(execution: dict[str, Any]) -> tuple[int, int | None]:
@@ -282,8 +313,7 @@ class RunData:
     def message(self) -> str:
         if self.summary:
             return str(self.summary.get("message") or "")
-        parts = (self.execution.get("error"), self.execution.get("cause"))
-        return ": ".join(str(p) for p in parts if p)
+        return execution_failure(self.execution)
 
     @property
     def world_size(self) -> int | None:
@@ -360,10 +390,19 @@ def load_run(store: RunStore, run_id: str, *, poll_s: float = 5.0) -> RunData:
     ranks = _rank_records(store, run_id)
     invocations, problems = collect_invocations(store, run_id, poll_s=poll_s, ranks=ranks)
     failures = {
-        int(key.rsplit("/", 1)[1].removesuffix(".json")): store.read_json(run_id, key) or {}
+        int(name): store.read_json(run_id, key) or {}
         for key in store.keys(run_id, layout.failures_prefix)
+        if (name := key.rsplit("/", 1)[1].removesuffix(".json")).isdigit()
     }
     payload = store.read_json(run_id, layout.payload_key)
+    if payload is not None:
+        payload = json_object(payload, layout.payload_key)
+    summary = store.read_json(run_id, layout.summary_key)
+    if summary is not None:
+        summary = json_object(summary, layout.summary_key, SUMMARY_KEYS)
+    items = store.read_json(run_id, layout.items_key)
+    if not isinstance(items, list | None):
+        raise UnreadableInput(layout.items_key, "holds no list of items")
     code_objects = 0
     if payload and payload.get("mode") == "script" and payload.get("S3_object_name"):
         name = payload["S3_object_name"].strip("/")
@@ -376,8 +415,8 @@ def load_run(store: RunStore, run_id: str, *, poll_s: float = 5.0) -> RunData:
         execution=execution,
         history=store.history(run_id),
         payload=payload,
-        items=store.read_json(run_id, layout.items_key) or [],
-        summary=store.read_json(run_id, layout.summary_key),
+        items=items or [],
+        summary=summary,
         ranks=ranks,
         failures=failures,
         functions=store.functions(run_id),
@@ -440,24 +479,27 @@ class LocalRuns:
             )
         return bucket
 
+    def _started_ms(self, run_id: str) -> int:
+        try:
+            return execution_window_ms(self.execution(run_id))[0]
+        except CosmicAIError:  # a damaged record: listed last, and reported when loaded
+            return 0
+
     def run_ids(self, limit: int | None = None) -> list[str]:
         """Run ids, newest first."""
-        runs = sorted(
-            self._scan(),
-            key=lambda rid: execution_window_ms(self.execution(rid))[0],
-            reverse=True,
-        )
+        runs = sorted(self._scan(), key=self._started_ms, reverse=True)
         return runs[:limit] if limit else runs
 
     def read_json(self, run_id: str, key: str) -> Any:
         path = self.mirror.path(self.bucket(run_id), key)
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_json_file(path, max_bytes=MAX_RECORD_BYTES, missing_ok=True)
 
     def keys(self, run_id: str, prefix: str) -> list[str]:
         return list(self.mirror.keys(self.bucket(run_id), prefix))
 
     def execution(self, run_id: str) -> dict[str, Any]:
-        return self.read_json(run_id, f"runs/{run_id}/{EXECUTION_FILE}")
+        path = self.mirror.path(self.bucket(run_id), f"runs/{run_id}/{EXECUTION_FILE}")
+        return json_object(read_json_file(path), path, ("startDate",))
 
     def history(self, run_id: str) -> list[dict[str, Any]] | None:
         return self.read_json(run_id, f"runs/{run_id}/{HISTORY_FILE}")
@@ -478,13 +520,18 @@ class LocalRuns:
         key = self._log_files(run_id).get(function)
         if key is None:
             return []
-        lines = self.mirror.path(self.bucket(run_id), key).read_text().splitlines()
-        events = (json.loads(line) for line in lines if line.strip())
-        return [
-            LogEvent(e["timestamp"], e["stream"], e["message"])
-            for e in events
-            if start_ms <= e["timestamp"] <= end_ms
-        ]
+        path = self.mirror.path(self.bucket(run_id), key)
+        lines = read_text(path, max_bytes=MAX_LOG_BYTES).splitlines()
+        events = (_log_event(line, f"{path} line {n}") for n, line in enumerate(lines, 1) if line)
+        return [e for e in events if start_ms <= e.timestamp_ms <= end_ms]
+
+
+def _log_event(line: str, source: str) -> LogEvent:
+    """One saved log event ({"timestamp", "stream", "message"} per line)."""
+    event = json_object(parse_json(line, source), source, ("timestamp", "stream", "message"))
+    if not isinstance(event["timestamp"], int) or not isinstance(event["message"], str):
+        raise UnreadableInput(source, "timestamp must be a whole number and message a string")
+    return LogEvent(event["timestamp"], str(event["stream"]), event["message"])
 
 
 class CloudRuns:
@@ -553,10 +600,12 @@ class CloudRuns:
 
     def read_json(self, run_id: str, key: str) -> Any:
         try:
-            body = self._s3.get_object(Bucket=self.target.runs_bucket, Key=key)["Body"].read()
+            stream = self._s3.get_object(Bucket=self.target.runs_bucket, Key=key)["Body"]
         except self._s3.exceptions.NoSuchKey:
             return None
-        return json.loads(body)
+        source = f"s3://{self.target.runs_bucket}/{key}"
+        body = stream.read(MAX_RECORD_BYTES + 1)
+        return parse_json_bytes(body, source, max_bytes=MAX_RECORD_BYTES)
 
     def keys(self, run_id: str, prefix: str) -> list[str]:
         return [obj["Key"] for obj in iter_objects(self._s3, self.target.runs_bucket, prefix)]

@@ -21,6 +21,8 @@ from cosmicai.payload import Payload
 from cosmicai.pipeline.layout import RunLayout, check_run_id, new_run_id
 from cosmicai.pipeline.s3objects import iter_objects
 from cosmicai.rendezvous.probe import require_rendezvous
+from cosmicai.run_metrics import execution_failure
+from cosmicai.safe_input import MAX_RECORD_BYTES, parse_json_bytes
 from cosmicai.target import Target
 
 Exists = Callable[[str, str], bool]
@@ -170,7 +172,8 @@ def follow(
 
 
 def read_json(s3: Any, bucket: str, key: str) -> Any:
-    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read(MAX_RECORD_BYTES + 1)
+    return parse_json_bytes(body, f"s3://{bucket}/{key}", max_bytes=MAX_RECORD_BYTES)
 
 
 def outcome_error(summary: dict[str, Any] | None, execution: dict[str, Any]) -> RunFailed | None:
@@ -185,5 +188,5 @@ def outcome_error(summary: dict[str, Any] | None, execution: dict[str, Any]) -> 
         return RunFailed(f"run {summary['run_id']} {summary['status']}: {summary['message']}")
     return RunFailed(
         f"execution {execution.get('name', '')} ended {execution.get('status')}: "
-        f"{execution.get('error', '')} {execution.get('cause', '')}".strip()
+        f"{execution_failure(execution)}".strip()
     )

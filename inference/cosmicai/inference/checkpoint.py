@@ -81,6 +81,8 @@ def load_model(
     `trust_pickle`, a whole pickled model (DataParallel wrappers are unwrapped). `config` is used
     for files that carry none; it must agree with a config stored in the file.
     """
+    if not isinstance(trust_pickle, bool):  # "false" or 1 must not unlock code execution
+        raise CheckpointError(f"trust_pickle must be True or False, got {trust_pickle!r}")
     if checkpoint is None:
         config = config or AstroMAEConfig()
         return _ready(build_model(config, seed), config, False, f"random-init(seed={seed})", device)

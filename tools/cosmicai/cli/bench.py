@@ -9,7 +9,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cosmicai.cli.argtypes import positive_int
 from cosmicai.cli.output import print_json, table
+from cosmicai.safe_input import writable_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,16 +28,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     engine.add_argument(
-        "--samples", type=int, default=None, metavar="N",
+        "--samples",
+        type=positive_int,
+        default=None,
+        metavar="N",
         help="samples in the partition (default: as many as a 100 MiB partition holds)",
     )
-    engine.add_argument("--batch-size", type=int, default=512, help="batch size (default: 512)")
     engine.add_argument(
-        "--threads", type=int, default=None, metavar="T",
+        "--batch-size", type=positive_int, default=512, help="batch size (default: 512)"
+    )
+    engine.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="T",
         help="torch threads for both phases (default: the CPUs this process may use)",
     )
     engine.add_argument(
-        "--out", type=Path, default=None, metavar="FILE",
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
         help="where to save the JSON result (default: out/bench/engine-<timestamp>.json)",
     )
     engine.add_argument("--json", action="store_true", help="print one JSON object")
@@ -51,19 +64,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the same partitions. Target: demo_s <= 1.15 x engine_alone_s + 3 s."
         ),
     )
-    pipeline.add_argument("--samples", type=int, default=2048, metavar="N")
-    pipeline.add_argument("--world-size", type=int, default=4, metavar="W")
-    pipeline.add_argument("--batch-size", type=int, default=256)
+    pipeline.add_argument("--samples", type=positive_int, default=2048, metavar="N")
+    pipeline.add_argument("--world-size", type=positive_int, default=4, metavar="W")
+    pipeline.add_argument("--batch-size", type=positive_int, default=256)
     pipeline.add_argument("--model-size", choices=("full", "tiny"), default="full")
     pipeline.add_argument(
-        "--out", type=Path, default=None, metavar="FILE",
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
         help="where to save the JSON result (default: out/bench/pipeline-<timestamp>.json)",
     )
     pipeline.add_argument("--json", action="store_true", help="print one JSON object")
     pipeline.set_defaults(func=run_bench_pipeline)
 
 
+def _result_path(args: argparse.Namespace, benchmark: str) -> Path:
+    """Where the result goes, checked writable before minutes of benchmarking, not after."""
+    out = args.out or Path("out/bench") / f"{benchmark}-{datetime.now():%Y%m%d-%H%M%S}.json"
+    writable_dir(out.parent)
+    return out
+
+
 def run_bench_engine(args: argparse.Namespace) -> int:
+    out = _result_path(args, "engine")
     # imported here, not at CLI start-up: it loads PyTorch
     from cosmicai.inference.bench_engine import DEFAULT_SAMPLES, run_benchmark
 
@@ -73,8 +97,6 @@ def run_bench_engine(args: argparse.Namespace) -> int:
         threads=args.threads,
         model_size=args.model_size,
     )
-    out = args.out or Path("out/bench") / f"engine-{datetime.now():%Y%m%d-%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     if args.json:
         print_json(result)
@@ -85,6 +107,7 @@ def run_bench_engine(args: argparse.Namespace) -> int:
 
 
 def run_bench_pipeline(args: argparse.Namespace) -> int:
+    out = _result_path(args, "pipeline")
     from cosmicai.bench_pipeline import run_benchmark
 
     result = run_benchmark(
@@ -93,8 +116,6 @@ def run_bench_pipeline(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         model_size=args.model_size,
     )
-    out = args.out or Path("out/bench") / f"pipeline-{datetime.now():%Y%m%d-%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     if args.json:
         print_json(result)
@@ -123,21 +144,23 @@ def engine_report(result: dict[str, Any]) -> str:
         ("load avg", "load_average_1min", ".1f"),
     )
     targets, gflops, machine = result["targets"], result["gflops"], result["machine"]
-    return "\n".join([
-        f"engine benchmark: {result['samples']} samples, batch {result['batch_size']}, "
-        f"{result['threads']} threads, {result['model_size']} model "
-        f"({result['flops_per_sample'] / 1e9:.3f} GFLOP/sample)",
-        table(rows, columns),
-        f"speedup {result['speedup']:.2f}x (target >= {targets['speedup_min']}x), "
-        f"peak RSS ratio {result['rss_ratio']:.2f} (target <= {targets['rss_ratio_max']}); "
-        f"targets met: {'yes' if targets['met'] else 'NO'}",
-        "predictions identical to eager fp32 (the reference loop): "
-        + _predictions_text(result["predictions"]),
-        f"GFLOP/s: model {gflops['model']:.1f}, fp32 matmul {gflops['matmul']:.1f} "
-        f"({gflops['fraction']:.0%} of matmul)",
-        f"machine: {machine['cpu_model']}, {machine['cores']} CPUs, torch "
-        f"{machine['torch_version']}",
-    ])
+    return "\n".join(
+        [
+            f"engine benchmark: {result['samples']} samples, batch {result['batch_size']}, "
+            f"{result['threads']} threads, {result['model_size']} model "
+            f"({result['flops_per_sample'] / 1e9:.3f} GFLOP/sample)",
+            table(rows, columns),
+            f"speedup {result['speedup']:.2f}x (target >= {targets['speedup_min']}x), "
+            f"peak RSS ratio {result['rss_ratio']:.2f} (target <= {targets['rss_ratio_max']}); "
+            f"targets met: {'yes' if targets['met'] else 'NO'}",
+            "predictions identical to eager fp32 (the reference loop): "
+            + _predictions_text(result["predictions"]),
+            f"GFLOP/s: model {gflops['model']:.1f}, fp32 matmul {gflops['matmul']:.1f} "
+            f"({gflops['fraction']:.0%} of matmul)",
+            f"machine: {machine['cpu_model']}, {machine['cores']} CPUs, torch "
+            f"{machine['torch_version']}",
+        ]
+    )
 
 
 def _predictions_text(predictions: dict[str, Any]) -> str:

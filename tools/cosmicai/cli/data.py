@@ -12,13 +12,16 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cosmicai.cli.argtypes import positive_int, whole_number
 from cosmicai.cli.target_flags import add_target_flags, aws_target
-from cosmicai.inference.errors import CosmicAIError
 from cosmicai.localcloud.mirror import LocalS3Mirror
 from cosmicai.pipeline.s3objects import split_s3_uri
+from cosmicai.safe_input import writable_dir
 
 if TYPE_CHECKING:
     from cosmicai.inference.partitioning import Manifest
+
+SEED_MAX = 2**32 - 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,9 +34,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "The same seed gives a bit-identical file."
         ),
     )
-    make.add_argument("--samples", type=int, required=True, metavar="N", help="number of samples")
+    make.add_argument(
+        "--samples", type=positive_int, required=True, metavar="N", help="number of samples"
+    )
     make.add_argument("--out", required=True, metavar="FILE", help=".safetensors or .pt file")
-    make.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
+    make.add_argument(
+        "--seed",
+        type=whole_number(0, SEED_MAX),
+        default=0,
+        metavar="S",
+        help=f"random seed, 0-{SEED_MAX} (default: 0)",
+    )
     make.add_argument("--json", action="store_true", help="print one JSON object")
     make.set_defaults(func=run_make_data)
 
@@ -67,8 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_make_data(args: argparse.Namespace) -> int:
-    if args.samples < 1:
-        raise CosmicAIError(f"--samples must be at least 1, got {args.samples}")
+    writable_dir(Path(args.out).parent)  # before PyTorch loads and the data is generated
     from cosmicai.inference.synthetic import make_data
 
     path = make_data(args.samples, args.out, seed=args.seed)
@@ -118,8 +128,6 @@ def partition_to_s3(args: argparse.Namespace) -> Manifest:
 
 
 def run_partition(args: argparse.Namespace) -> int:
-    from cosmicai.inference.partitioning import MANIFEST_NAME
-
     if args.out.startswith("s3://"):
         manifest = partition_to_s3(args)
     else:
@@ -127,6 +135,8 @@ def run_partition(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(partition_report(manifest, args.out)))
     else:
+        from cosmicai.inference.partitioning import MANIFEST_NAME
+
         print(
             f"wrote {len(manifest.files)} partition files ({manifest.samples} samples, "
             f"{manifest.samples_per_file} per full file of {manifest.size_mb:g} MiB) and "

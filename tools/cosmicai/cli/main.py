@@ -2,7 +2,8 @@
 
 Each command module exposes `register(subparsers)`, which adds its sub-command(s) and sets
 `func` (taking the parsed arguments, returning an exit code) as the parser default.
-Expected errors (`CosmicAIError`) are printed to stderr without a traceback.
+Expected errors (`CosmicAIError`, and OSError for files the user named) are printed to stderr
+without a traceback.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     except CosmicAIError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # a file or folder the command was pointed at cannot be used
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

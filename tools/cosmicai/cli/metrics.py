@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
-from pathlib import Path
 from typing import TextIO
 
 from cosmicai.inference.errors import CosmicAIError
 from cosmicai.lambda_report import parse_report_lines
+from cosmicai.safe_input import MissingInput, UnreadableInput, open_regular
 
 _PARSE_EPILOG = """\
 Input: a log file or '-' (standard input), for example the output of
@@ -65,16 +66,14 @@ def _parse_stream(stream: TextIO) -> int:
 def run_parse(args: argparse.Namespace) -> int:
     if args.file == "-":
         return _parse_stream(sys.stdin)
-    path = Path(args.file)
     try:
-        with path.open(encoding="utf-8", errors="replace") as stream:
-            return _parse_stream(stream)
-    except FileNotFoundError:
+        binary = open_regular(args.file)
+    except MissingInput:
         raise CosmicAIError(
-            f"no such file: {path}; pass a log file holding Lambda REPORT lines, "
+            f"no such file: {args.file}; pass a log file holding Lambda REPORT lines, "
             "or '-' to read standard input"
         ) from None
-    except IsADirectoryError:
-        raise CosmicAIError(f"{path} is a directory; pass a log file, or '-' for stdin") from None
-    except OSError as err:
-        raise CosmicAIError(f"cannot read {path}: {err.strerror}") from None
+    except UnreadableInput as err:
+        raise CosmicAIError(f"{err} (pipe a stream to standard input with '-')") from None
+    with io.TextIOWrapper(binary, encoding="utf-8", errors="replace") as stream:
+        return _parse_stream(stream)

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cosmicai.cli.argtypes import positive_int
+from cosmicai.cli.argtypes import run_id as run_id_arg
 from cosmicai.cli.cost import format_table
 from cosmicai.cli.output import print_json, summary_text, table
 from cosmicai.cli.target_flags import add_target_flags, aws_target
@@ -175,12 +177,14 @@ def finish_run(args: argparse.Namespace, run_id: str, html: Path) -> None:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     store = store_for(args, settle_s=0)
+    load_prices(args.prices)  # a bad price table is one error, not one per run
     rows = []
     for run_id in store.run_ids(args.limit):
         try:
             rows.append(_overview(*_load(store, run_id, args)))
-        except CosmicAIError as err:
-            rows.append({"run_id": run_id, "status": f"unreadable: {err}"})
+        except CosmicAIError as err:  # a damaged run is reported, the others still listed
+            reason = str(err).removeprefix("unreadable: ")
+            rows.append({"run_id": run_id, "status": f"unreadable: {reason}"})
     if args.json:
         print_json(rows)
     elif rows:
@@ -301,7 +305,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "run, and print a summary, or write one self-contained HTML file with --html."
         ),
     )
-    report.add_argument("run_id")
+    report.add_argument("run_id", type=run_id_arg)
     report.add_argument("--html", type=Path, metavar="FILE", help="write the HTML report here")
     report.add_argument("--json", action="store_true", help="print everything as JSON")
     _cost_flags(report)
@@ -309,15 +313,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.set_defaults(func=cmd_report)
 
     runs = subparsers.add_parser("runs", help="list past runs, newest first, with their cost")
-    runs.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
+    runs.add_argument(
+        "--limit", type=positive_int, default=20, help="at most this many runs (default 20)"
+    )
     runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _cost_flags(runs)
     add_target_flags(runs)
     runs.set_defaults(func=cmd_runs)
 
     compare = subparsers.add_parser("compare", help="two runs side by side")
-    compare.add_argument("run_a")
-    compare.add_argument("run_b")
+    compare.add_argument("run_a", type=run_id_arg)
+    compare.add_argument("run_b", type=run_id_arg)
     compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _cost_flags(compare)
     add_target_flags(compare)

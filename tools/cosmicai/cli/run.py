@@ -11,6 +11,8 @@ from typing import Any, TextIO
 
 from botocore.exceptions import ClientError
 
+from cosmicai.cli.argtypes import non_negative_int, positive_int
+from cosmicai.cli.argtypes import run_id as run_id_arg
 from cosmicai.cli.output import ProgressPrinter, print_json, summary_text
 from cosmicai.cli.report import finish_run
 from cosmicai.cli.target_flags import add_target_flags, aws_target
@@ -20,7 +22,9 @@ from cosmicai.localcloud.mirror import LocalS3Mirror, cosmicai_home
 from cosmicai.payload import Payload, load_payload
 from cosmicai.pipeline.layout import new_run_id
 from cosmicai.pipeline.s3objects import split_s3_uri
+from cosmicai.run_metrics import SUMMARY_KEYS, execution_failure
 from cosmicai.runner import follow, outcome_error, read_json, start_run
+from cosmicai.safe_input import MAX_RECORD_BYTES, json_object, read_json_file
 
 
 def _report(summary: dict[str, Any] | None, execution: dict[str, Any], as_json: bool) -> int:
@@ -79,7 +83,8 @@ def run_payload(
 
 def _summary_or_none(read: Any, run_id: str) -> dict[str, Any] | None:
     try:
-        return read(f"runs/{run_id}/summary.json")
+        key = f"runs/{run_id}/summary.json"
+        return json_object(read(key), key, SUMMARY_KEYS)
     except FileNotFoundError:  # no summary (locally): the run failed before Summarize
         return None
     except ClientError as err:  # likewise on S3
@@ -134,9 +139,10 @@ def _load_run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] 
         mirror, bucket = _local_run_files(args.run_id)
 
         def read(key: str) -> Any:
-            return json.loads(mirror.path(bucket, key).read_text())
+            return read_json_file(mirror.path(bucket, key), max_bytes=MAX_RECORD_BYTES)
 
-        execution = read(f"runs/{args.run_id}/execution.json")
+        record = f"runs/{args.run_id}/execution.json"
+        execution = json_object(read(record), record)
     execution = {k: v for k, v in execution.items() if k != "ResponseMetadata"}
     return execution, _summary_or_none(read, args.run_id), read
 
@@ -147,7 +153,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "run_id": args.run_id,
         "execution_status": execution.get("status"),
         "run_status": summary["status"] if summary else None,
-        "message": summary["message"] if summary else execution.get("cause"),
+        "message": summary["message"] if summary else execution_failure(execution) or None,
         "started": execution.get("startDate"),
         "stopped": execution.get("stopDate"),
     }
@@ -242,7 +248,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_target_flags(run)
     run.add_argument("--json", action="store_true", help="print JSON instead of tables")
     run.add_argument("--no-wait", action="store_true", help="start the run and return (--aws)")
-    run.add_argument("--run-id", help="a run id of your own (default: <team>-<time>-<random>)")
+    run.add_argument(
+        "--run-id", type=run_id_arg, help="a run id of your own (default: <team>-<time>-<random>)"
+    )
     run.add_argument(
         "--overwrite",
         action="store_true",
@@ -255,7 +263,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("results", cmd_results, "show a run's results (and copy them with --out)"),
     ):
         sub = subparsers.add_parser(name, help=text)
-        sub.add_argument("run_id")
+        sub.add_argument("run_id", type=run_id_arg)
         add_target_flags(sub)
         sub.add_argument("--json", action="store_true", help="print JSON instead of tables")
         if name == "results":
@@ -275,11 +283,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
         "demo", help="the whole pipeline on the local cloud with synthetic data"
     )
-    demo.add_argument("--world-size", type=int, default=4)
-    demo.add_argument("--samples", type=int, default=2048)
-    demo.add_argument("--batch-size", type=int, default=256)
+    demo.add_argument("--world-size", type=positive_int, default=4)
+    demo.add_argument("--samples", type=positive_int, default=2048)
+    demo.add_argument("--batch-size", type=positive_int, default=256)
     demo.add_argument("--model-size", choices=("full", "tiny"), default="full")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=non_negative_int, default=0)
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
     demo.add_argument("--json", action="store_true", help="print JSON instead of tables")
     demo.set_defaults(func=cmd_demo)

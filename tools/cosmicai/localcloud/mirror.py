@@ -23,7 +23,7 @@ from typing import Any
 from cosmicai.claims import Claim, decode, encode
 from cosmicai.inference.errors import CosmicAIError
 from cosmicai.pipeline.layout import RunLayout
-from cosmicai.pipeline.s3objects import iter_objects
+from cosmicai.pipeline.s3objects import check_location, iter_objects
 
 
 def cosmicai_home() -> Path:
@@ -38,6 +38,7 @@ class LocalS3Mirror:
         self.root = (home or cosmicai_home()) / "s3"
 
     def path(self, bucket: str, key: str) -> Path:
+        check_location(bucket, key)
         target = (self.root / bucket / key).resolve()
         if not target.is_relative_to(self.root.resolve()):
             raise CosmicAIError(f"s3://{bucket}/{key} escapes the local store {self.root}")

@@ -104,7 +104,7 @@ def run_engine(s3: Any, task: RankTask, paths: list[Path]) -> dict[str, Any]:
     loaded = _cached_model(
         _model_path(s3, task),
         settings.get("model_size") or "full",
-        bool(settings.get("trust_pickle")),
+        settings.get("trust_pickle") is True,
         settings.get("device") or "cpu",
     )
     result = run_inference(
