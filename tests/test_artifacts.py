@@ -164,3 +164,19 @@ def test_the_rendezvous_server_needs_only_the_standard_library(
     )
     assert done.returncode == 0, done.stderr
     assert "--protocol" in done.stdout
+
+
+def test_a_command_whose_extra_is_missing_names_the_extra(
+    wheel_site: tuple[Path, set[str]],
+) -> None:
+    code = (
+        f"import sys; sys.path.insert(0, {str(wheel_site[0])!r}); "
+        "from cosmicai.cli.main import main; "
+        f"sys.exit(main(['validate', {str(ROOT / 'payload.json')!r}]))"
+    )
+    base = getattr(sys, "_base_executable", sys.executable)
+    done = subprocess.run(
+        [base, "-I", "-S", "-c", code], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2
+    assert "pip install 'cosmicai[cli]'" in done.stderr and "Traceback" not in done.stderr

@@ -328,7 +328,7 @@ def test_corpus_is_large_and_covers_every_subcommand() -> None:
     from cosmicai.cli.main import build_parser
 
     commands = {c.argv[0] for c in CASES}
-    subparsers = next(a for a in build_parser()._actions if a.dest == "command")
+    subparsers = next(a for a in build_parser()[0]._actions if a.dest == "command")
     assert set(subparsers.choices) <= commands
     assert len(CASES) >= 80
 

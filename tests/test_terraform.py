@@ -484,12 +484,6 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="`cosmicai` imports every command module at start-up, and cosmicai.cli.data imports "
-    "boto3 (via cli/target_flags.py -> target.py): the CLI must start with the standard library",
-)
 def test_rendezvous_host_install_serves_with_the_standard_library_only(tmp_path: Path) -> None:
     """What user data does, offline: the requirement into a bare venv, then the unit's command."""
     script = _render_user_data(tmp_path, "cosmicai==0.1.0")
