@@ -146,10 +146,10 @@ class _Environment:
             return 0.0
 
     def kill(self) -> None:
-        """Tear the environment down, with any processes the handler started."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
+        """Tear the environment down, with any processes the handler started (they outlive a
+        worker that was killed, so its process group is killed whether the worker lives)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
         self.closed.wait(2)
         self.replies.close()

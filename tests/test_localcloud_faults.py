@@ -1,0 +1,135 @@
+"""Faults on the local cloud: whichever process of a run's tree is killed, nothing is left behind.
+
+A script-mode run whose rank 0 sleeps on its first attempt is started as a user would
+(`cosmicai run`); once its ranks are busy, one process of the tree (the CLI, the local cloud's
+server, or a rank's environment) gets SIGKILL (or the CLI SIGTERM). Afterwards no process of the
+tree may be alive and no temporary directory of the local cloud may remain; the CLI never prints
+a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+SCRIPT = """
+import json, os, pathlib, time
+flag = pathlib.Path({flags!r}) / ("rank%s" % os.environ["RANK"])
+if os.environ["RANK"] == "0" and not flag.exists():  # the test kills something meanwhile
+    flag.write_text("1")
+    time.sleep(60)
+json.dump({{"rank": int(os.environ["RANK"])}}, open(os.environ["COSMICAI_RESULT_FILE"], "w"))
+"""
+
+
+def _start_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    home, tmpdir, flags = tmp_path / "home", tmp_path / "tmp", tmp_path / "flags"
+    for folder in (tmpdir, flags):
+        folder.mkdir()
+    for rank in range(2):
+        part = home / "s3" / "cosmicai-data" / "parts" / f"part-{rank}.safetensors"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(b"unused in script mode")
+    code = home / "s3" / "cosmicai-runs" / "code-faults" / "job.py"
+    code.parent.mkdir(parents=True)
+    code.write_text(SCRIPT.format(flags=str(flags)))
+    payload = tmp_path / "payload.json"
+    payload.write_text(
+        json.dumps(
+            {
+                "bucket": "cosmicai-runs",
+                "data_bucket": "cosmicai-data",
+                "data_prefix": "parts",
+                "result_path": "results/faults",
+                "S3_object_name": "code-faults",
+                "script": "job.py",
+                "team": "faults",
+            }
+        )
+    )
+    env = {**os.environ, "COSMICAI_HOME": str(home), "TMPDIR": str(tmpdir)}
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "cosmicai.cli.main", "run", str(payload)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    return cli, tmpdir
+
+
+def _busy_tree(cli: subprocess.Popen[str], deadline_s: float = 120) -> list[psutil.Process]:
+    """The run's process tree once a rank's script is sleeping (ranks take turns: each holds
+    every CPU of this machine at the executor's default memory)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        assert cli.poll() is None, cli.communicate()
+        tree = psutil.Process(cli.pid).children(recursive=True)
+        if any(_cmdline(p)[-1:] and _cmdline(p)[-1].endswith("job.py") for p in tree):
+            return [psutil.Process(cli.pid), *tree]
+        time.sleep(0.2)
+    raise AssertionError("the ranks never started")
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
+def _alive(processes: list[psutil.Process]) -> list[str]:
+    alive = []
+    for p in processes:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(" ".join(_cmdline(p))[:120])
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _which(tree: list[psutil.Process], victim: str) -> psutil.Process:
+    if victim.startswith("cli"):
+        return tree[0]
+    if victim == "server":
+        return next(p for p in tree if "cosmicai.localcloud.server" in _cmdline(p))
+    # the environment running rank 0's script (idle init/summarize environments exist too)
+    script = next(p for p in tree if _cmdline(p)[-1:] and _cmdline(p)[-1].endswith("job.py"))
+    return next(p for p in script.parents() if any(a.endswith("worker.py") for a in _cmdline(p)))
+
+
+@pytest.mark.parametrize("victim", ["cli", "cli-sigterm", "server", "environment"])
+def test_killing_any_process_of_a_run_leaves_nothing_behind(tmp_path: Path, victim: str) -> None:
+    cli, tmpdir = _start_run(tmp_path)
+    try:
+        tree = _busy_tree(cli)
+        assert list(tmpdir.glob("cosmicai-localcloud-*"))
+        sig = signal.SIGTERM if victim == "cli-sigterm" else signal.SIGKILL
+        _which(tree, victim).send_signal(sig)
+        _out, err = cli.communicate(timeout=90)  # an environment's death: the rank is retried
+        deadline = time.monotonic() + 15
+        while (_alive(tree) or list(tmpdir.iterdir())) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _alive(tree) == []
+        assert list(tmpdir.iterdir()) == []
+        assert "Traceback" not in err
+        if victim == "environment":
+            assert cli.returncode == 0, err
+        elif victim == "cli-sigterm":
+            assert cli.returncode == 143 and "terminated" in err
+        elif victim == "server":
+            assert cli.returncode != 0 and "local cloud's server exited" in err
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
