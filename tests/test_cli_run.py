@@ -106,9 +106,9 @@ def test_ctrl_c_leaves_no_processes_behind(home: Path) -> None:
     cli = psutil.Process(process.pid)
     deadline = time.monotonic() + 120
     family: list[psutil.Process] = []
-    while time.monotonic() < deadline:  # wait until the ranks' scripts are running
+    while time.monotonic() < deadline:  # wait until a rank's script runs (ranks take turns)
         family = cli.children(recursive=True)
-        if sum("job.py" in " ".join(p.cmdline()) for p in family if p.is_running()) >= 2:
+        if any("job.py" in " ".join(p.cmdline()) for p in family if p.is_running()):
             break
         time.sleep(0.5)
     else:
