@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cosmicai.defaults import FUNCTIONS, RANK_MAX_RETRIES
 from cosmicai.lambda_report import ReportLine, parse_report_lines
 from cosmicai.localcloud.cloud import LocalCloud
 from cosmicai.localcloud.mirror import LocalS3Mirror, MirrorClaims
@@ -37,6 +38,7 @@ TRANSITION = 0.025 / 1000
 PUT = 0.005 / 1000
 GET = 0.0004 / 1000
 EXPRESS_REQUEST = 1.00 / 1_000_000
+EPHEMERAL_GB_S = 0.0000000309  # per GB-second above the free 512 MB
 EXPRESS_GB_S = 0.00001667
 
 FAIL_ONCE = """
@@ -169,10 +171,7 @@ def test_one_invocation_per_report_line_retries_included(local_run) -> None:
     assert sum(data.attempt_failed(i) for i in data.invocations) == 1
     for inv in data.invocations:
         assert inv.start_s is not None and inv.start_s <= inv.end_s
-        assert (
-            inv.report.memory_size_mb
-            == {"init": 512, "executor": 4096, "summarize": 1024}[inv.role]
-        )
+        assert inv.report.memory_size_mb == FUNCTIONS[inv.role].memory_mb
     assert data.overview()["failed_attempts"] == 1
 
 
@@ -180,18 +179,24 @@ def test_cost_equals_a_hand_computation_from_the_report_lines(local_run) -> None
     mirror, run_id = local_run
     data = load_run(LocalRuns(mirror), run_id)
     cost = cost_of_run(data)
+    ephemeral_gb = {
+        f"cosmicai-{role}": (f.ephemeral_storage_mb - 512) / 1024 for role, f in FUNCTIONS.items()
+    }
     lambda_usd = sum(
-        r.billed_duration_ms / 1000 * r.memory_size_mb / 1024 * X86_GB_S + REQUEST
-        for lines in _saved_reports(mirror, run_id).values()
+        r.billed_duration_ms / 1000 * r.memory_size_mb / 1024 * X86_GB_S
+        + r.billed_duration_ms / 1000 * ephemeral_gb[function] * EPHEMERAL_GB_S
+        + REQUEST
+        for function, lines in _saved_reports(mirror, run_id).items()
         for r in lines
     )
     # parent: Init, Ranks, Summarize, Outcome, RunSucceeded; the Map starts 2 children;
     # children: rank 0 Execute once, rank 1 Execute twice (one retry)
     transitions = 5 + 2 + (1 + 2)
-    # client 1 PUT + 3 HEAD; init 1 GET, 1 LIST, 1 PUT; Map 1 GET, manifest + results PUTs;
+    # client 3 PUTs (2 claims, payload) + 3 HEAD; init 1 GET, 1 LIST, 1 PUT; Map 1 GET,
+    # manifest + results PUTs;
     # 3 executor attempts: (HEAD+GET data, LIST code, HEAD+GET code) each, 2 rank records;
     # summarize 2 LISTs, 2 GETs, 3 PUTs
-    puts = 1 + 2 + 2 + (3 + 2) + 5
+    puts = 3 + 2 + 2 + (3 + 2) + 5
     gets = 3 + 1 + 1 + 3 * 4 + 2
     expected = lambda_usd + transitions * TRANSITION + puts * PUT + gets * GET
     assert cost.transitions == {"parent": 5, "map_children_started": 2, "children": 3}
@@ -225,16 +230,24 @@ def test_a_rank_that_fails_for_good_costs_its_failure_states(tmp_path: Path) -> 
     data = load_run(LocalRuns(mirror), run.run_id)
     assert data.status == "failed" and "rank 1 failed: ScriptError" in data.message
     assert sorted(data.failures) == [1]
+    attempts = 1 + RANK_MAX_RETRIES
     assert sorted((i.rank, i.attempt, data.attempt_failed(i)) for i in data.role("executor")) == [
         (0, 1, False),
-        (1, 1, True),
-        (1, 2, True),
+        *((1, attempt, True) for attempt in range(1, attempts + 1)),
     ]
     cost = cost_of_run(data)
-    # children: rank 0 Execute; rank 1 Execute twice, then RecordFailure and RankFailed
-    assert cost.transitions == {"parent": 5, "map_children_started": 2, "children": 1 + 2 + 2}
-    # as the successful run, less one rank record, plus a FAILED result file and the failure
-    assert (cost.usage.s3_puts, cost.usage.s3_gets) == (16, 19)
+    # children: rank 0 Execute; rank 1 Execute at every attempt, then RecordFailure, RankFailed
+    assert cost.transitions == {
+        "parent": 5,
+        "map_children_started": 2,
+        "children": 1 + attempts + 2,
+    }
+    # as the successful run with one LIST per executor attempt and one rank record, plus a
+    # FAILED result file and the failure; GETs: client 3, init 2, executor attempts 4 each,
+    # summarize 2
+    puts = 3 + 2 + 2 + ((1 + attempts) + 1) + 5 + 1 + 1
+    gets = 3 + 2 + (1 + attempts) * 4 + 2
+    assert (cost.usage.s3_puts, cost.usage.s3_gets) == (puts, gets)
 
 
 def test_a_run_that_fails_in_init_still_reports(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 from cosmicai.cli.main import main
 from cosmicai.cli.report import tune_text
 from cosmicai.cost import CostError
+from cosmicai.defaults import FUNCTIONS
 from cosmicai.inference.errors import CosmicAIError
 from cosmicai.inference.partitioning import partition
 from cosmicai.inference.synthetic import make_data
@@ -173,7 +174,7 @@ def test_aws_sweep_sets_the_memory_and_restores_it(tmp_path: Path) -> None:
         results = sweep_aws(target, payload, [1024, 2048], [8])
         lam = target.client("lambda")
         executor = lam.get_function_configuration(FunctionName=target.functions["executor"])
-        assert executor["MemorySize"] == 4096  # restored
+        assert executor["MemorySize"] == FUNCTIONS["executor"].memory_mb  # restored
         store = CloudRuns(target, settle_s=0)
         assert [(r.memory_mb, r.status) for r in results] == [
             (1024, "succeeded"),

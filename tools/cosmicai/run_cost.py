@@ -16,7 +16,8 @@
     one request per child and its duration (first attempt's Init to last attempt's end,
     rounded up to 100 ms) at 64 MB (their state data is small).
 - **S3**, from what each step does with the run's layout (LIST and PUT at the PUT price, GET and
-  HEAD at the GET price): the client uploads the payload after 3 HEADs (result paths free?);
+  HEAD at the GET price): after 3 HEADs (result paths free?) the client claims the run id and
+  the result_path (two conditional PUTs) and uploads the payload;
   init GETs the payload, LISTs the data prefix (per 1,000 keys) and PUTs items.json; the Map
   GETs items.json and PUTs its result manifest and one result file per outcome; each executor
   attempt downloads its files (boto3: a HEAD, then one GET per 8 MiB) and its code (a LIST and
@@ -192,7 +193,7 @@ def s3_requests(data: RunData) -> list[S3Count]:
     payload = data.payload or {}
     files_of = {int(item["rank"]): item.get("files", []) for item in data.items}
     listed = sum(len(files) for files in files_of.values())
-    counts = [S3Count("client: check result paths, upload payload", puts=1, gets=3)]
+    counts = [S3Count("client: check result paths, claim, upload payload", puts=3, gets=3)]
     if data.role("init") or data.items:
         counts.append(
             S3Count("init: read payload, list data, write items", 1 + _lists(listed), gets=1)

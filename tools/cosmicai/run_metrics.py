@@ -510,6 +510,12 @@ class LocalRuns:
         return {key[len(prefix) :].removesuffix(".jsonl"): key for key in self.keys(run_id, prefix)}
 
     def functions(self, run_id: str) -> list[FunctionInfo]:
+        saved = self.read_json(run_id, RunLayout(run_id).functions_key)
+        if isinstance(saved, list):  # what the run's functions were configured with
+            return [
+                FunctionInfo(f["role"], f["name"], f["architecture"], int(f["ephemeral_mb"]))
+                for f in saved
+            ]
         return [
             FunctionInfo(role, name)
             for name in sorted(self._log_files(run_id))

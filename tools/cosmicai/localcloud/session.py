@@ -19,6 +19,7 @@ from cosmicai.inference.errors import CosmicAIError
 from cosmicai.localcloud.cloud import LocalCloud
 from cosmicai.localcloud.mirror import LocalS3Mirror, MirrorClaims
 from cosmicai.payload import Payload
+from cosmicai.pipeline.layout import RunLayout
 from cosmicai.run_metrics import HISTORY_FILE, fetch_history
 from cosmicai.runner import Progress, follow, start_run
 from cosmicai.target import Target
@@ -67,7 +68,24 @@ def upload_inputs(target: Target, payload: Payload, mirror: LocalS3Mirror) -> No
 
 
 def save_logs(target: Target, mirror: LocalS3Mirror, bucket: str, run_id: str) -> None:
-    """Keep the functions' CloudWatch Logs events as runs/<run_id>/logs/<function>.jsonl."""
+    """Keep the functions' CloudWatch Logs events as runs/<run_id>/logs/<function>.jsonl, and
+    their configuration (role, name, architecture, memory, ephemeral storage) beside them."""
+    lam = target.client("lambda")
+    configurations = []
+    for role, function in target.functions.items():
+        config = lam.get_function_configuration(FunctionName=function)
+        configurations.append(
+            {
+                "role": role,
+                "name": function,
+                "architecture": (config.get("Architectures") or ["x86_64"])[0],
+                "memory_mb": config["MemorySize"],
+                "ephemeral_mb": (config.get("EphemeralStorage") or {}).get("Size", 512),
+            }
+        )
+    path = mirror.path(bucket, RunLayout(run_id).functions_key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(configurations, indent=2))
     logs = target.client("logs")
     for function in target.functions.values():
         lines = []

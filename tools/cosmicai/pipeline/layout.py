@@ -70,6 +70,11 @@ class RunLayout:
         return f"{self.prefix}claim.json"
 
     @property
+    def functions_key(self) -> str:
+        """The functions' configuration a local run keeps (what their price depends on)."""
+        return f"{self.prefix}functions.json"
+
+    @property
     def execution_key(self) -> str:
         """The execution record a local run keeps in the local store when it ends."""
         return f"{self.prefix}execution.json"
