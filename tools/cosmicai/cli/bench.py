@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -97,13 +98,7 @@ def run_bench_engine(args: argparse.Namespace) -> int:
         threads=args.threads,
         model_size=args.model_size,
     )
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    if args.json:
-        print_json(result)
-    else:
-        print(engine_report(result))
-        print(f"saved: {out}")
-    return 0
+    return _finish(args, out, result, engine_report)
 
 
 def run_bench_pipeline(args: argparse.Namespace) -> int:
@@ -116,20 +111,34 @@ def run_bench_pipeline(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         model_size=args.model_size,
     )
+    return _finish(args, out, result, pipeline_report)
+
+
+def _finish(
+    args: argparse.Namespace,
+    out: Path,
+    result: dict[str, Any],
+    report: Callable[[dict[str, Any]], str],
+) -> int:
+    """Save the result, then print it as JSON or as the benchmark's report."""
     out.write_text(json.dumps(result, indent=2) + "\n")
     if args.json:
         print_json(result)
     else:
-        target = result["target"]
-        print(
-            f"pipeline benchmark: {result['samples']} samples, world size "
-            f"{result['world_size']}, {result['model_size']} model, {result['cores']} CPUs\n"
-            f"engine alone {result['engine_alone_s']:.2f} s, local pipeline "
-            f"{result['demo_s']:.2f} s: overhead ratio {result['overhead_ratio']:.2f} "
-            f"(target demo_s <= {target['demo_s_max']:.2f} s: "
-            f"{'met' if target['met'] else 'NOT met'})\nsaved: {out}"
-        )
+        print(report(result))
+        print(f"saved: {out}")
     return 0
+
+
+def pipeline_report(result: dict[str, Any]) -> str:
+    target = result["target"]
+    return (
+        f"pipeline benchmark: {result['samples']} samples, world size {result['world_size']}, "
+        f"{result['model_size']} model, {result['cores']} CPUs\n"
+        f"engine alone {result['engine_alone_s']:.2f} s, local pipeline {result['demo_s']:.2f} s: "
+        f"overhead ratio {result['overhead_ratio']:.2f} (target demo_s <= "
+        f"{target['demo_s_max']:.2f} s: {'met' if target['met'] else 'NOT met'})"
+    )
 
 
 def engine_report(result: dict[str, Any]) -> str:
