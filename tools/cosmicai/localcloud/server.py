@@ -163,7 +163,9 @@ class LocalCloudServer:
             account_concurrency=self.concurrency,
         )
         holder["app"] = lambda_invoke_middleware(holder["app"], self.runtime)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        )
         self._thread.start()
         requests.post(
             f"{endpoint_url}/moto-api/config",
