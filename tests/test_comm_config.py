@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ from cosmicai.comm.config import (
     fmi_comm_name,
     fmi_config,
     fmi_pythonpath,
+    fmi_script_pythonpath,
     load_local_section,
     write_fmi_config,
 )
@@ -135,3 +139,25 @@ def test_pythonpath_holds_an_fmi_module_exporting_the_api() -> None:
         if isinstance(node, ast.Assign) and node.targets[0].id == "__all__"  # type: ignore[attr-defined]
     )
     assert set(exported) == {"Communicator", "datatypes", "func", "hints", "op", "types"}
+
+
+def test_script_pythonpath_finds_the_shim_and_the_package_it_imports(tmp_path: Path) -> None:
+    # -S: no site-packages, so no installed cosmicai, as for a script run from a task root
+    code = (
+        "import importlib.util as u; "
+        "print(u.find_spec('fmi').origin); print(u.find_spec('cosmicai.comm.fmi_local').origin)"
+    )
+    entries = os.pathsep.join(map(str, fmi_script_pythonpath()))
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        env={"PYTHONPATH": entries},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    shim, backend = done.stdout.split()
+    assert Path(shim) == fmi_pythonpath() / "fmi.py"
+    assert Path(backend) == fmi_pythonpath().parent / "fmi_local.py"

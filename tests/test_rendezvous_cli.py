@@ -22,12 +22,14 @@ from cosmicai.rendezvous.server import RendezvousServer, ServerThread
 pytestmark = pytest.mark.timeout(60)
 
 # Only this command group is loaded, so these tests do not depend on other commands' modules.
-ONLY_RENDEZVOUS = "import sys, cosmicai.cli.main as m; m.COMMAND_MODULES = ('rendezvous',); "
+ONLY_RENDEZVOUS = (
+    "import sys, cosmicai.cli.main as m; m.COMMAND_MODULES = {'rendezvous': ('rendezvous',)}; "
+)
 
 
 @pytest.fixture
 def cli(monkeypatch, capsys):
-    monkeypatch.setattr(cli_main, "COMMAND_MODULES", ("rendezvous",))
+    monkeypatch.setattr(cli_main, "COMMAND_MODULES", {"rendezvous": ("rendezvous",)})
 
     def run(*argv: str) -> tuple[int, str, str]:
         code = cli_main.main(["rendezvous", *argv])

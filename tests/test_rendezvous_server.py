@@ -330,7 +330,7 @@ def test_connection_limit_refuses_cleanly(protocol):
 _LOW_FD_SERVER = (
     "import resource, sys; _, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
     "resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard)); import cosmicai.cli.main as m; "
-    "m.COMMAND_MODULES = ('rendezvous',); sys.exit(m.main(sys.argv[1:]))"
+    "m.COMMAND_MODULES = {'rendezvous': ('rendezvous',)}; sys.exit(m.main(sys.argv[1:]))"
 )
 
 

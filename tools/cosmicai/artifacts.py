@@ -29,7 +29,13 @@ from cosmicai.inference.errors import CosmicAIError
 ZIP_FUNCTIONS = ("init", "summarize")
 EXECUTOR_EXTRA = "executor"
 # The packages a function's code bundle carries (each one's own files; sub-packages listed apart).
-CODE_PACKAGES = ("cosmicai", "cosmicai.pipeline", "cosmicai.inference", "cosmicai.comm")
+CODE_PACKAGES = (
+    "cosmicai",
+    "cosmicai.pipeline",
+    "cosmicai.inference",
+    "cosmicai.comm",
+    "cosmicai.rendezvous",  # the executor probes the rendezvous before communicating scripts
+)
 PLATFORMS = {"x86_64": "manylinux2014_x86_64", "arm64": "manylinux2014_aarch64"}
 LAMBDA_PYTHON = "3.11"
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}

@@ -72,7 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=_port, default=DEFAULT_PORT, help="TCP port (default 10000)")
     serve.add_argument("--protocol", choices=PROTOCOLS, default="legacy", help="wire protocol")
     serve.add_argument(
-        "--health-port", type=_port, default=None, help="serve GET /health here (default: off)"
+        "--health-port",
+        type=_port,
+        default=None,
+        help="serve GET /livez, /readyz and /health here (default: off)",
     )
     serve.add_argument(
         "--ttl", type=_positive, default=60.0, help="seconds an unpaired entry waits (default 60)"
@@ -82,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-connections",
         type=_count,
         default=None,
-        help="open connections cap (default: from the fd limit)",
+        help="open connections cap, health ones included (default: from the fd limit)",
     )
     serve.add_argument(
         "--read-timeout", type=_positive, default=5.0, help="seconds to receive a request"

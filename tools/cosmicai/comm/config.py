@@ -145,6 +145,14 @@ def fmi_pythonpath() -> Path:
     return Path(__file__).resolve().parent / "pythonpath"
 
 
+def fmi_script_pythonpath() -> list[Path]:
+    """PYTHONPATH entries for a script to import the shim: its directory, and the one holding
+    the `cosmicai` package it imports (not on a script's path where cosmicai is not installed,
+    as in a function's task root)."""
+    shim = fmi_pythonpath()
+    return [shim, shim.parents[2]]
+
+
 def load_local_section(config_path: str | Path) -> dict[str, Any]:
     """The validated `Local` section of an FMI configuration file, with defaults filled in."""
     path = Path(config_path)

@@ -200,15 +200,17 @@ def _communication_env(task: RankTask, workdir: Path) -> dict[str, str]:
     """FMI settings for scripts that open a communicator (see cosmicai.comm)."""
     if not task.settings.get("communication"):
         return {}
-    from cosmicai.comm.config import fmi_comm_name, fmi_pythonpath, write_fmi_config
-    from cosmicai.rendezvous.probe import require_rendezvous
+    from cosmicai.comm.config import fmi_comm_name, fmi_script_pythonpath, write_fmi_config
+    from cosmicai.rendezvous.probe import require_rendezvous, resolve_ipv4
 
-    host = os.environ.get("RENDEZVOUS_HOST", "127.0.0.1")
     port = int(os.environ.get("RENDEZVOUS_PORT", "10000"))
+    # FMI's TCPunch client takes only IPv4 addresses; the image records the protocol it speaks.
+    host = resolve_ipv4(os.environ.get("RENDEZVOUS_HOST", "127.0.0.1"), port)
     deadline_s = float(os.environ.get("RENDEZVOUS_DEADLINE_S", "10"))
     require_rendezvous(
         f"{host}:{port}",
         protocol=os.environ.get("RENDEZVOUS_PROTOCOL", "legacy"),
+        client_protocol=os.environ.get("COSMICAI_TCPUNCH_PROTOCOL") or None,
         timeout_s=deadline_s,
     )
     memory_mb = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024"))
@@ -235,7 +237,7 @@ def _communication_env(task: RankTask, workdir: Path) -> dict[str, str]:
         import fmi  # noqa: F401  (the native module, present in the executor image)
     except ImportError:
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(fmi_pythonpath()), os.environ.get("PYTHONPATH", "")) if p
+            p for p in (*map(str, fmi_script_pythonpath()), os.environ.get("PYTHONPATH", "")) if p
         )
     return env
 
