@@ -401,8 +401,12 @@ def test_out_of_descriptors_backs_off_quietly_and_pairs_once_they_free(tmp_path)
         assert a.peer == b.you
     events = _assert_small_clean_log(log_path)
     failures = [e for e in events if e["event"] == "accept_failed"]
-    assert failures[0]["error"] == "EMFILE" and 1 <= len(failures) <= 4
-    assert events[-1]["accept_errors_total"] >= 2
+    assert failures[0]["error"] == "EMFILE"
+    span_s = events[-1]["ts"] - failures[0]["ts"]
+    assert len(failures) <= span_s + 1  # at most one line a second
+    # retried every 0.1 s while out of descriptors (over a second), never in a tight loop
+    assert 5 <= events[-1]["accept_errors_total"] <= span_s * 10 + 5
+    assert sum(e.get("suppressed", 0) for e in failures) >= 4
 
 
 def test_pending_limit_refuses_new_names_but_pairs_existing_ones():
