@@ -13,7 +13,9 @@ executor) from their local image (`cosmicai.localcloud.runtimes`).
 The local account has this machine's CPUs: an invocation runs only once it holds as many CPUs as
 Lambda would give its memory (capped by the machine), so concurrent environments never hold more
 threads than there are cores; the others wait in line, first come first served, and their wait
-is neither billed nor counted against their timeout.
+is neither billed nor counted against their timeout. Ranks that communicate cannot wait in line
+(collectives need every rank alive), so a local cloud started for communication shares the CPUs
+instead: one CPU each, in turn.
 """
 
 from __future__ import annotations
@@ -158,12 +160,19 @@ class _Environment:
 
 
 class CpuPool:
-    """The machine's CPUs, lent to invocations first come, first served."""
+    """The machine's CPUs, lent to invocations first come, first served.
 
-    def __init__(self, cpus: list[int]) -> None:
+    `shared`: for ranks that communicate, which must all be alive at once (a rank waiting in a
+    collective for a queued one would wait forever): nobody waits; each invocation gets one CPU,
+    in turn, so the ranks spread over the machine.
+    """
+
+    def __init__(self, cpus: list[int], *, shared: bool = False) -> None:
         self.cpus = sorted(cpus)
+        self.shared = shared
         self._free = list(self.cpus)
         self._queue: list[object] = []
+        self._next = 0
         self._changed = threading.Condition()
 
     def acquire(self, count: int) -> list[int]:
@@ -171,6 +180,9 @@ class CpuPool:
         count = min(count, len(self.cpus))
         ticket = object()
         with self._changed:
+            if self.shared:
+                self._next += 1
+                return [self.cpus[self._next % len(self.cpus)]]
             self._queue.append(ticket)
             self._changed.wait_for(lambda: self._queue[0] is ticket and len(self._free) >= count)
             self._queue.pop(0)
@@ -179,6 +191,8 @@ class CpuPool:
         return taken
 
     def release(self, cpus: list[int]) -> None:
+        if self.shared:
+            return
         with self._changed:
             self._free = sorted(self._free + cpus)
             self._changed.notify_all()
@@ -209,13 +223,14 @@ class LambdaRuntime:
         log_sink: LogSink,
         account_id: str = "123456789012",
         account_concurrency: int = 1000,
+        share_cpus: bool = False,
     ) -> None:
         self.region = region
         self.endpoint_url = endpoint_url
         self.workdir = workdir
         self.account_id = account_id
         self.account_concurrency = account_concurrency
-        self.cpu_pool = CpuPool(list(os.sched_getaffinity(0)))
+        self.cpu_pool = CpuPool(list(os.sched_getaffinity(0)), shared=share_cpus)
         self._log_sink = log_sink
         self._lock = threading.Lock()
         self._idle: dict[str, list[_Environment]] = {}

@@ -161,6 +161,7 @@ class LocalCloudServer:
             workdir=self.workdir,
             log_sink=CloudWatchLogSink(endpoint_url, self.region),
             account_concurrency=self.concurrency,
+            share_cpus=self.communication,
         )
         holder["app"] = lambda_invoke_middleware(holder["app"], self.runtime)
         self._thread = threading.Thread(
