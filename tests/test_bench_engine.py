@@ -76,9 +76,10 @@ def test_default_is_one_100_mib_partition() -> None:
 def test_bad_sample_count_is_an_error_without_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["bench", "engine", "--samples", "0", "--out", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit) as exited:  # refused while parsing, before any work
+        main(["bench", "engine", "--samples", "0", "--out", str(tmp_path / "x.json")])
     err = capsys.readouterr().err
-    assert code == 1 and "must be at least 1" in err and "Traceback" not in err
+    assert exited.value.code == 2 and "at least 1" in err and "Traceback" not in err
     assert not (tmp_path / "x.json").exists()
 
 
