@@ -133,3 +133,60 @@ def test_killing_any_process_of_a_run_leaves_nothing_behind(tmp_path: Path, vict
         if cli.poll() is None:
             cli.kill()
             cli.wait()
+
+
+@pytest.fixture
+def small_tmp(tmp_path: Path):
+    """A 24 MB tmpfs to serve as the run's temporary storage (needs mount rights: root)."""
+    folder = tmp_path / "small-tmp"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(folder)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_tmp_fails_the_rank_once_with_what_to_change(
+    tmp_path: Path, small_tmp: Path
+) -> None:
+    home = tmp_path / "home"
+    part = home / "s3" / "cosmicai-data" / "big" / "part-0.safetensors"
+    part.parent.mkdir(parents=True)
+    # more than the storage has left once the functions' code is unpacked
+    part.write_bytes(os.urandom(20 * 2**20))
+    code = home / "s3" / "cosmicai-runs" / "code-full" / "job.py"
+    code.parent.mkdir(parents=True)
+    code.write_text("print('never reached')\n")
+    payload = tmp_path / "payload.json"
+    payload.write_text(
+        json.dumps(
+            {"bucket": "cosmicai-runs", "data_bucket": "cosmicai-data", "data_prefix": "big",
+             "result_path": "results/full", "S3_object_name": "code-full", "script": "job.py"}
+        )
+    )  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "cosmicai.cli.main", "run", str(payload)],
+        capture_output=True, text=True, check=False, timeout=180, cwd=tmp_path,
+        env={
+            **os.environ,
+            "COSMICAI_HOME": str(home),
+            "TMPDIR": str(small_tmp),
+            # the emulator's S3 keeps objects in memory, so only the rank needs the small disk
+            "MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(64 * 2**20),
+        },
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "rank 0 failed: EphemeralStorageFull" in done.stderr
+    assert "no space left in the rank's temporary storage while downloading" in done.stderr
+    assert "s3://cosmicai-data/big/part-0.safetensors" in done.stderr
+    (run_dir,) = (home / "s3" / "cosmicai-runs" / "runs").iterdir()
+    log = (run_dir / "logs" / "cosmicai-executor.jsonl").read_text()
+    assert log.count('\\"rank started\\"') == 1  # not retried: it cannot help
+    assert list(small_tmp.iterdir()) == []

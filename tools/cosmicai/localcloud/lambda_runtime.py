@@ -263,6 +263,11 @@ class LambdaRuntime:
                 return self._run(env, cold, config, request_id, payload)
             finally:
                 self.cpu_pool.release(cpus)
+        except Exception as exc:  # the runtime's own fault: Lambda's service error, retryable
+            log.exception("invocation %s of %s failed in the runtime", request_id, config.name)
+            return _service_error(
+                request_id, 500, "ServiceException", f"the local Lambda runtime failed: {exc}"
+            )
         finally:
             with self._lock:
                 self._busy[config.name] -= 1

@@ -7,6 +7,7 @@ partition files to local temporary storage, runs inference, and writes
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -25,6 +26,10 @@ from cosmicai.pipeline.layout import RunLayout
 from cosmicai.pipeline.s3objects import iter_objects, split_s3_uri
 
 Log = Callable[..., None]
+
+
+class EphemeralStorageFull(CosmicAIError):
+    """The rank's /tmp (Lambda's ephemeral storage) filled up: retrying cannot help."""
 
 
 class ScriptError(CosmicAIError):
@@ -66,9 +71,27 @@ def download_files(s3: Any, files: list[dict[str, Any]], into: Path) -> list[Pat
     paths = []
     for index, f in enumerate(files):
         path = into / f"{index:05d}-{Path(f['key']).name}"
-        s3.download_file(f["bucket"], f["key"], str(path))
+        try:
+            s3.download_file(f["bucket"], f["key"], str(path))
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            path.unlink(missing_ok=True)
+            doing = f"downloading s3://{f['bucket']}/{f['key']}"
+            raise ephemeral_storage_full(into, doing) from err
         paths.append(path)
     return paths
+
+
+def ephemeral_storage_full(tmp: Path, doing: str) -> EphemeralStorageFull:
+    """The error for a full /tmp, with its size and what to change."""
+    usage = shutil.disk_usage(tmp)
+    return EphemeralStorageFull(
+        f"no space left in the rank's temporary storage while {doing}: {tmp} holds "
+        f"{usage.total / 2**20:.0f} MB ({usage.free / 2**20:.0f} MB free). Raise the executor's "
+        f"ephemeral storage (Terraform executor_ephemeral_storage_mb, up to 10240), or use "
+        f"smaller partitions (`cosmicai partition --size 25MB`)."
+    )
 
 
 @lru_cache(maxsize=2)
