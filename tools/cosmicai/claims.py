@@ -177,6 +177,17 @@ def _take(
         held = claims.replace(bucket, key, held, body)
 
 
+def claim_body(payload: Payload, run_id: str, arn: str) -> dict[str, Any]:
+    """What a run's claims hold: the run, its result_path, its execution, when it claimed."""
+    return {
+        "run_id": run_id,
+        "team": payload.team,
+        "result_path": payload.result_prefix,
+        "execution_arn": arn,
+        "created": datetime.now(UTC).isoformat(),
+    }
+
+
 def claim_run(
     claims: Claims, payload: Payload, run_id: str, arn: str, overwrite: bool
 ) -> list[str]:
@@ -184,13 +195,7 @@ def claim_run(
 
     A lost claim raises ClaimedError naming the other run, and leaves nothing of this run behind.
     """
-    body = {
-        "run_id": run_id,
-        "team": payload.team,
-        "result_path": payload.result_prefix,
-        "execution_arn": arn,
-        "created": datetime.now(UTC).isoformat(),
-    }
+    body = claim_body(payload, run_id, arn)
     bucket, run_key = payload.bucket, RunLayout(run_id).claim_key
     _take(
         claims,

@@ -110,8 +110,9 @@ def timeline_figure(data: RunData) -> Any:
         if inv.cold_start:
             init = (inv.report.init_duration_ms or 0) / 1e3
             axes.barh(y, init, left=start - init, height=0.6, color=_INIT, hatch="///")
-        if inv.attempt > 1:
-            axes.text(end, y, f" attempt {inv.attempt}", va="center", fontsize=8)
+        if inv.attempt > 1 or inv.execution > 1:
+            where = f" (execution {inv.execution})" if inv.execution > 1 else ""
+            axes.text(end, y, f" attempt {inv.attempt}{where}", va="center", fontsize=8)
     step = max(1, len(labels) // 50)  # at most about 50 row labels, whatever the world size
     axes.set_yticks(range(0, len(labels), step), labels[::step], fontsize=8 if step == 1 else 6)
     axes.invert_yaxis()
@@ -310,6 +311,7 @@ def _invocations_section(data: RunData) -> str:
         "role",
         "rank",
         "attempt",
+        "execution",
         "outcome",
         "request id",
         "duration ms",
@@ -324,6 +326,7 @@ def _invocations_section(data: RunData) -> str:
             inv.role,
             inv.rank,
             inv.attempt,
+            inv.execution,
             "failed" if data.attempt_failed(inv) else "ok",
             inv.request_id,
             inv.report.duration_ms,

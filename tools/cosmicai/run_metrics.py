@@ -4,11 +4,13 @@ Every invocation writes `START RequestId: <id>`, its own output and a `REPORT Re
 line to `/aws/lambda/<function>`. Our handlers print JSON lines carrying `run_id` and
 `request_id` (the executor also `rank`), so an invocation belongs to a run when one of its
 JSON lines names the run: that keeps runs apart when several share a log group. Retried ranks
-have one invocation (and one REPORT) per attempt.
+have one invocation (and one REPORT) per attempt. A run has one execution, plus one per redrive
+(`cosmicai redrive`): a rank's attempts are numbered across all of them, so a redriven rank's
+attempts follow those of the run's first execution.
 
 Where the logs and objects come from is a `RunStore`:
 - `LocalRuns`: the local mirror a local run leaves behind (`runs/<run_id>/execution.json`,
-  `history.json` when kept, and `logs/<function>.jsonl`);
+  `executions.json`, `history.json` when kept, and `logs/<function>.jsonl`, every execution's);
 - `CloudRuns`: a deployed platform reached with boto3 (AWS, or a live local cloud), reading
   CloudWatch Logs with `filter_log_events` over the run's time window, again until every
   invocation of the run has its REPORT or a deadline passes (logs arrive late on AWS).
@@ -20,7 +22,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -44,6 +47,7 @@ from cosmicai.target import FUNCTION_ROLES, Target
 
 _START = re.compile(r"^START RequestId: (\S+)")
 _RERUN_SUFFIX = re.compile(r"^(.+)-\d{10}$")  # `<run_id>-<epoch>`: an --overwrite re-run
+_REDRIVE_SUFFIX = re.compile(r"^(.+)-redrive-\d+$")  # `<run_id>-redrive-<n>`: a redrive
 _STEP_MODULE = re.compile(r"cosmicai/pipeline/(\w+)\.py")  # a pipeline step's frame in a trace
 HISTORY_FILE = "history.json"
 EXECUTION_FILE = "execution.json"
@@ -81,6 +85,7 @@ class Invocation:
     start_s: float | None  # START event time (epoch s); None when the START line was not seen
     end_s: float  # REPORT event time (epoch s)
     attempt: int = 1  # 1 for the first invocation of a (role, rank), 2 for its first retry...
+    execution: int = 1  # which of the run's executions it ran in: 1 the first, 2 a redrive...
 
     @property
     def cold_start(self) -> bool:
@@ -92,6 +97,7 @@ class Invocation:
             "function": self.function,
             "rank": self.rank,
             "attempt": self.attempt,
+            "execution": self.execution,
             "cold_start": self.cold_start,
             "start_s": self.start_s,
             "end_s": self.end_s,
@@ -169,15 +175,24 @@ def _note_json_line(text: str, seen: dict[str, _Seen]) -> None:
         entry.rank = record["rank"]
 
 
-def number_attempts(invocations: Iterable[Invocation]) -> list[Invocation]:
-    """Sort by start time and number the attempts of each (role, rank) from 1."""
+def number_attempts(
+    invocations: Iterable[Invocation], execution_starts_s: Sequence[float] = ()
+) -> list[Invocation]:
+    """Sort by start time and number the attempts of each (role, rank) from 1.
+
+    `execution_starts_s` are the start times of the run's executions, oldest first: each
+    invocation gets the number of the execution it started in. A rank's attempts are numbered
+    across executions (a redrive's follow the first execution's); those of init and summarize,
+    which every execution runs once, within their execution.
+    """
     ordered = sorted(invocations, key=lambda i: (i.start_s or i.end_s, i.end_s))
-    counts: dict[tuple[str, int | None], int] = {}
+    counts: dict[tuple[str, int | None, int | None], int] = {}
     numbered = []
     for inv in ordered:
-        key = (inv.role, inv.rank)
+        execution = max(1, bisect_right(execution_starts_s, inv.start_s or inv.end_s))
+        key = (inv.role, inv.rank, execution if inv.rank is None else None)
         counts[key] = counts.get(key, 0) + 1
-        numbered.append(replace(inv, attempt=counts[key]))
+        numbered.append(replace(inv, attempt=counts[key], execution=execution))
     return numbered
 
 
@@ -190,6 +205,8 @@ class RunStore(Protocol):
 
     def run_ids(self, limit: int | None = None) -> list[str]: ...
     def execution(self, run_id: str) -> dict[str, Any]: ...
+    # the run's executions, oldest first (the first, then each redrive): the last is execution()
+    def executions(self, run_id: str) -> list[dict[str, Any]]: ...
     def history(self, run_id: str) -> list[dict[str, Any]] | None: ...
     def read_json(self, run_id: str, key: str) -> Any: ...
     def keys(self, run_id: str, prefix: str) -> list[str]: ...
@@ -253,13 +270,15 @@ def collect_invocations(
 ) -> tuple[list[Invocation], list[str]]:
     """Every invocation of the run (init, each executor attempt, summarize), with problems.
 
-    Logs are read over the execution's window (a minute of margin either side). While any
+    Logs are read over the window of the run's executions, from the first one's start to the
+    latest one's stop (a minute of margin either side). While any
     invocation of the run lacks its REPORT (a request id that logged the run id without one,
     or one a rank record names), they are read again every `poll_s` until `store.settle_s`
     after the execution stopped; what is still missing then is named in the problems.
     `ranks` are the run's rank records when the caller has read them already.
     """
-    start_ms, stop_ms = execution_window_ms(store.execution(run_id))
+    executions = [execution_window_ms(e) for e in store.executions(run_id)]
+    start_ms, stop_ms = executions[0][0], executions[-1][1]
     functions = store.functions(run_id)
     records = _rank_records(store, run_id) if ranks is None else ranks
     expected = {r["request_id"] for r in records if isinstance(r.get("request_id"), str)}
@@ -280,7 +299,7 @@ def collect_invocations(
             break
         time.sleep(poll_s)
     problems += [f"no REPORT line (yet) for request {rid}" for rid in sorted(pending)]
-    return number_attempts(invocations), problems
+    return number_attempts(invocations, [start / 1000 for start, _ in executions]), problems
 
 
 @dataclass
@@ -345,12 +364,15 @@ class RunData:
         """Whether an invocation failed (a handled error leaves its REPORT looking fine).
 
         An executor attempt succeeded when its rank record names its request id; another
-        invocation when its REPORT says so and no later attempt of its role followed.
+        invocation when its REPORT says so and no later attempt of its role followed in the
+        same execution.
         """
         if inv.role == "executor" and inv.rank is not None:
             record = next((r for r in self.ranks if r.get("rank") == inv.rank), None)
             return record is None or record.get("request_id") != inv.request_id
-        later = any(o.attempt > inv.attempt for o in self.role(inv.role))
+        later = any(
+            o.attempt > inv.attempt and o.execution == inv.execution for o in self.role(inv.role)
+        )
         return later or inv.report.status != "success"
 
     def overview(self) -> dict[str, Any]:
@@ -501,6 +523,16 @@ class LocalRuns:
         path = self.mirror.path(self.bucket(run_id), f"runs/{run_id}/{EXECUTION_FILE}")
         return json_object(read_json_file(path), path, ("startDate",))
 
+    def executions(self, run_id: str) -> list[dict[str, Any]]:
+        """`executions.json` (kept since redrives exist), else the one execution record."""
+        key = RunLayout(run_id).executions_key
+        records = self.read_json(run_id, key)
+        if records is None:
+            return [self.execution(run_id)]
+        if not isinstance(records, list) or not records:
+            raise UnreadableInput(key, "holds no list of execution records")
+        return [json_object(record, key, ("startDate",)) for record in records]
+
     def history(self, run_id: str) -> list[dict[str, Any]] | None:
         return self.read_json(run_id, f"runs/{run_id}/{HISTORY_FILE}")
 
@@ -570,11 +602,10 @@ class CloudRuns:
             yield from page["executions"]
 
     def run_ids(self, limit: int | None = None) -> list[str]:
-        """Run ids, newest first (an --overwrite re-run counts as its run id)."""
+        """Run ids, newest first (an --overwrite re-run or a redrive counts as its run id)."""
         found: list[str] = []
         for execution in self._list_executions():
-            name = execution["name"]
-            run_id = m.group(1) if (m := _RERUN_SUFFIX.match(name)) else name
+            run_id = _run_id_of(execution["name"])
             if run_id not in found:
                 found.append(run_id)
             if limit and len(found) >= limit:
@@ -582,27 +613,39 @@ class CloudRuns:
         return found
 
     def execution(self, run_id: str) -> dict[str, Any]:
-        """The latest execution of the run (a re-run is named `<run_id>-<epoch>`)."""
+        """The latest execution of the run."""
+        return self.executions(run_id)[-1]
+
+    def executions(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's latest start (named after the run id, or `<run_id>-<epoch>` for an
+        --overwrite re-run) and the redrives after it (`<run_id>-redrive-<n>`), oldest first."""
         if run_id not in self._executions:
-            match = next(
-                (
-                    e
-                    for e in self._list_executions()
-                    if e["name"] == run_id or _RERUN_SUFFIX.sub(r"\1", e["name"]) == run_id
-                ),
-                None,
-            )
-            if match is None:
+            lineage = []
+            for listed in self._list_executions():  # newest first
+                name = listed["name"]
+                if name != run_id and _run_id_of(name) != run_id:
+                    continue
+                lineage.append(listed)
+                if name == run_id or not _REDRIVE_SUFFIX.match(name):
+                    break
+            if not lineage:
                 raise CosmicAIError(
                     f"no execution for run {run_id} on {self.target.state_machine_arn}: check the "
                     f"run id with `cosmicai runs --aws`."
                 )
-            described = self._sfn.describe_execution(executionArn=match["executionArn"])
-            self._executions[run_id] = _json_ready(described)
+            self._executions[run_id] = [
+                _json_ready(self._sfn.describe_execution(executionArn=e["executionArn"]))
+                for e in reversed(lineage)
+            ]
         return self._executions[run_id]
 
     def history(self, run_id: str) -> list[dict[str, Any]] | None:
-        return fetch_history(self._sfn, self.execution(run_id)["executionArn"])
+        """Every event of every execution of the run, execution after execution."""
+        return [
+            event
+            for execution in self.executions(run_id)
+            for event in fetch_history(self._sfn, execution["executionArn"])
+        ]
 
     def read_json(self, run_id: str, key: str) -> Any:
         try:
@@ -640,6 +683,14 @@ class CloudRuns:
             for page in pages
             for e in page.get("events", [])
         ]
+
+
+def _run_id_of(execution_name: str) -> str:
+    """The run an execution belongs to: its name less a re-run's or a redrive's suffix."""
+    for suffix in (_REDRIVE_SUFFIX, _RERUN_SUFFIX):
+        if match := suffix.match(execution_name):
+            return match.group(1)
+    return execution_name
 
 
 def _distributed_map_type(definition: dict[str, Any]) -> str:

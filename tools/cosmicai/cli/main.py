@@ -20,7 +20,7 @@ from cosmicai.inference.errors import CosmicAIError
 # commands each registers (so a command whose module cannot import is still named).
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "data": ("make-data", "partition"),
-    "run": ("run", "status", "results", "upload", "demo"),
+    "run": ("run", "redrive", "resume", "status", "results", "upload", "demo"),
     "rendezvous": ("rendezvous",),
     "validate": ("validate",),
     "metrics": ("metrics",),

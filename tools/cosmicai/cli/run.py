@@ -1,4 +1,4 @@
-"""`cosmicai run | status | results | upload | demo`: runs on the local cloud or on AWS."""
+"""`cosmicai run | redrive | status | results | upload | demo`: runs on the local cloud or AWS."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from botocore.exceptions import ClientError
 
+from cosmicai.claims import S3Claims
 from cosmicai.cli.argtypes import non_negative_int, positive_int
 from cosmicai.cli.argtypes import run_id as run_id_arg
 from cosmicai.cli.output import ProgressPrinter, print_json, summary_text
@@ -22,8 +23,15 @@ from cosmicai.localcloud.mirror import LocalS3Mirror, cosmicai_home
 from cosmicai.payload import Payload, load_payload
 from cosmicai.pipeline.layout import new_run_id
 from cosmicai.pipeline.s3objects import split_s3_uri
-from cosmicai.run_metrics import SUMMARY_KEYS, execution_failure
-from cosmicai.runner import follow, outcome_error, read_json, start_run
+from cosmicai.run_metrics import SUMMARY_KEYS, CloudRuns, execution_failure
+from cosmicai.runner import (
+    check_redrive,
+    follow,
+    outcome_error,
+    read_json,
+    start_redrive,
+    start_run,
+)
 from cosmicai.safe_input import MAX_RECORD_BYTES, json_object, read_json_file
 
 
@@ -103,6 +111,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if not args.json:
             finish_run(args, run_id, cosmicai_home() / "reports" / f"{run_id}.html")
+
+
+def redrive_run(args: argparse.Namespace) -> tuple[dict, dict | None]:
+    """Redrive the run on the chosen target and wait; returns (execution, summary)."""
+    progress = ProgressPrinter()
+    try:
+        if args.aws:
+            target = aws_target(args)
+            claims = S3Claims(target)
+            store = CloudRuns(target, settle_s=0)
+            redrive = check_redrive(store, claims, target.runs_bucket, args.run_id)
+            arn = start_redrive(target, redrive, claims)
+            print(f"redriving run {args.run_id} ({arn})", file=_info(args), flush=True)
+            bucket = redrive.payload.bucket
+            execution = follow(
+                target, args.run_id, arn, bucket, redrive.payload.world_size, on_progress=progress
+            )
+            s3 = target.client("s3")
+            return execution, _summary_or_none(lambda key: read_json(s3, bucket, key), args.run_id)
+        from cosmicai.localcloud.session import redrive_local
+
+        local = redrive_local(
+            args.run_id,
+            on_progress=progress,
+            on_started=lambda rid: print(
+                f"redriving run {rid} on the local cloud", file=_info(args), flush=True
+            ),
+        )
+        return local.execution, local.summary
+    finally:
+        progress.close()
+
+
+def cmd_redrive(args: argparse.Namespace) -> int:
+    execution, summary = redrive_run(args)
+    try:
+        return _report(summary, execution, args.json)
+    finally:
+        if not args.json:
+            finish_run(args, args.run_id, cosmicai_home() / "reports" / f"{args.run_id}.html")
 
 
 def _local_run_files(run_id: str) -> tuple[LocalS3Mirror, str]:
@@ -257,6 +305,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replace the results and claim of a finished run (result_path or run id)",
     )
     run.set_defaults(func=cmd_run)
+
+    redrive = subparsers.add_parser(
+        "redrive",
+        aliases=["resume"],
+        help="re-run only the ranks of a failed run that have no result, then re-summarise",
+    )
+    redrive.add_argument("run_id", type=run_id_arg)
+    add_target_flags(redrive)
+    redrive.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    redrive.set_defaults(func=cmd_redrive)
 
     for name, func, text in (
         ("status", cmd_status, "show a run's status"),

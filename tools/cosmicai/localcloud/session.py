@@ -4,24 +4,32 @@ Starts the local cloud, deploys the platform, uploads the run's inputs from the 
 (data partitions, the script folder, a checkpoint), starts and follows the execution with the
 same client code as AWS, then keeps the run's objects, its execution record and its Lambda logs
 in the mirror so `cosmicai status/results/report` work after the cloud is gone.
+
+A redrive (`redrive_local`) of a failed run also uploads the run's objects (rank records,
+items, payload, results) into the fresh emulator, starts the redrive execution with the same
+client code as AWS (`cosmicai.runner.start_redrive`), and afterwards merges what the new
+execution produced into what the run kept: logs appended, history extended, `executions.json`
+listing every execution, `execution.json` the latest one's.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cosmicai.defaults import FunctionSettings
+from cosmicai.defaults import FUNCTIONS, FunctionSettings
 from cosmicai.inference.errors import CosmicAIError
 from cosmicai.localcloud.cloud import LocalCloud
 from cosmicai.localcloud.mirror import LocalS3Mirror, MirrorClaims
 from cosmicai.payload import Payload
-from cosmicai.pipeline.layout import RunLayout
-from cosmicai.run_metrics import HISTORY_FILE, fetch_history
-from cosmicai.runner import Progress, follow, start_run
+from cosmicai.pipeline.layout import RunLayout, check_run_id
+from cosmicai.pipeline.s3objects import iter_objects
+from cosmicai.run_metrics import LocalRuns, fetch_history
+from cosmicai.runner import Progress, check_redrive, follow, start_redrive, start_run
+from cosmicai.safe_input import MAX_RECORD_BYTES, read_json_file
 from cosmicai.target import Target
 
 
@@ -67,9 +75,28 @@ def upload_inputs(target: Target, payload: Payload, mirror: LocalS3Mirror) -> No
         mirror.upload(s3, payload.bucket, payload.model)
 
 
-def save_logs(target: Target, mirror: LocalS3Mirror, bucket: str, run_id: str) -> None:
+def _read_list(mirror: LocalS3Mirror, bucket: str, key: str) -> list[Any]:
+    """A list the local store keeps (functions, history), or [] when it has none."""
+    kept = read_json_file(mirror.path(bucket, key), max_bytes=MAX_RECORD_BYTES, missing_ok=True)
+    return kept if isinstance(kept, list) else []
+
+
+def _write_json(mirror: LocalS3Mirror, bucket: str, key: str, value: Any) -> None:
+    path = mirror.path(bucket, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2))
+
+
+def save_logs(
+    target: Target, mirror: LocalS3Mirror, bucket: str, run_id: str, *, merge: bool = False
+) -> None:
     """Keep the functions' CloudWatch Logs events as runs/<run_id>/logs/<function>.jsonl, and
-    their configuration (role, name, architecture, memory, ephemeral storage) beside them."""
+    their configuration (role, name, architecture, memory, ephemeral storage) beside them.
+
+    With `merge` (a redrive) the events are appended to those kept from earlier executions, and
+    functions of earlier executions that this one lacks stay listed.
+    """
+    layout = RunLayout(run_id)
     lam = target.client("lambda")
     configurations = []
     for role, function in target.functions.items():
@@ -83,9 +110,11 @@ def save_logs(target: Target, mirror: LocalS3Mirror, bucket: str, run_id: str) -
                 "ephemeral_mb": (config.get("EphemeralStorage") or {}).get("Size", 512),
             }
         )
-    path = mirror.path(bucket, RunLayout(run_id).functions_key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(configurations, indent=2))
+    if merge:
+        names = set(target.functions.values())
+        kept = _read_list(mirror, bucket, layout.functions_key)
+        configurations += [f for f in kept if isinstance(f, dict) and f.get("name") not in names]
+    _write_json(mirror, bucket, layout.functions_key, configurations)
     logs = target.client("logs")
     for function in target.functions.values():
         lines = []
@@ -101,9 +130,84 @@ def save_logs(target: Target, mirror: LocalS3Mirror, bucket: str, run_id: str) -
                 )
                 for e in page["events"]
             ]
-        path = mirror.path(bucket, f"runs/{run_id}/logs/{function}.jsonl")
+        path = mirror.path(bucket, layout.log_key(function))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(line + "\n" for line in lines))
+        with path.open("a" if merge else "w") as out:
+            out.write("".join(line + "\n" for line in lines))
+
+
+def _run_objects(mirror: LocalS3Mirror, payload: Payload, run_id: str) -> list[str]:
+    """Keys of the run's objects in the local store (under its prefix and its result_path),
+    less the records only the local store keeps (logs, execution records, claims)."""
+    layout = RunLayout(run_id)
+    local_only = {
+        layout.execution_key,
+        layout.executions_key,
+        layout.history_key,
+        layout.functions_key,
+        layout.claim_key,
+    }
+    keys = (
+        key
+        for prefix in (layout.prefix, payload.result_prefix + "/")
+        for key in mirror.keys(payload.bucket, prefix)
+    )
+    return [
+        key
+        for key in dict.fromkeys(keys)
+        if key not in local_only and not key.startswith(layout.logs_prefix)
+    ]
+
+
+def upload_run(target: Target, mirror: LocalS3Mirror, payload: Payload, run_id: str) -> list[str]:
+    """Copy a run's objects from the local store into the emulator; returns their keys."""
+    s3 = target.client("s3")
+    keys = _run_objects(mirror, payload, run_id)
+    for key in keys:
+        s3.upload_file(str(mirror.path(payload.bucket, key)), payload.bucket, key)
+    return keys
+
+
+def _keep_run(
+    target: Target,
+    mirror: LocalS3Mirror,
+    payload: Payload,
+    run_id: str,
+    execution_arn: str,
+    on_progress: Callable[[Progress], None] | None,
+    *,
+    earlier: list[dict[str, Any]] | None = None,
+    uploaded: Iterable[str] = (),
+) -> LocalRun:
+    """Follow the execution, then keep the run's objects, logs, history and execution records
+    in the local store. `earlier` are a redrive's earlier executions, `uploaded` the objects it
+    brought into the emulator (those the redrive removed, such as old failure records, go)."""
+    execution = follow(
+        target, run_id, execution_arn, payload.bucket, payload.world_size, on_progress=on_progress
+    )
+    history = fetch_history(target.client("stepfunctions"), execution_arn)
+    s3, bucket, layout = target.client("s3"), payload.bucket, RunLayout(run_id)
+    prefixes = (layout.prefix, payload.result_prefix + "/")
+    for prefix in prefixes:
+        mirror.download(s3, bucket, prefix)
+    present = {obj["Key"] for prefix in prefixes for obj in iter_objects(s3, bucket, prefix)}
+    for key in set(uploaded) - present:
+        mirror.path(bucket, key).unlink(missing_ok=True)
+    redrive = earlier is not None
+    save_logs(target, mirror, bucket, run_id, merge=redrive)
+    if redrive:
+        history = _read_list(mirror, bucket, layout.history_key) + history
+    mirror.path(bucket, layout.history_key).write_text(json.dumps(history))
+    record = {
+        k: (v.isoformat() if hasattr(v, "isoformat") else v)
+        for k, v in execution.items()
+        if k != "ResponseMetadata"
+    }
+    _write_json(mirror, bucket, layout.executions_key, [*(earlier or []), record])
+    _write_json(mirror, bucket, layout.execution_key, record)
+    summary_path = mirror.path(bucket, layout.summary_key)
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    return LocalRun(run_id, record, summary, mirror, bucket)
 
 
 def run_local(
@@ -130,27 +234,67 @@ def run_local(
         )
         if on_started:
             on_started(run_id)
-        execution = follow(
+        return _keep_run(target, mirror, payload, run_id, execution_arn, on_progress)
+
+
+def _run_bucket(mirror: LocalS3Mirror, run_id: str) -> str:
+    """The bucket of the local store that holds the run (running or not)."""
+    if mirror.root.is_dir():
+        for bucket_dir in sorted(mirror.root.iterdir()):
+            if (bucket_dir / "runs" / check_run_id(run_id)).is_dir():
+                return bucket_dir.name
+    raise CosmicAIError(
+        f"no local run {run_id} under {mirror.root}: check the run id with `cosmicai runs`, "
+        f"or pass --aws for a run on AWS."
+    )
+
+
+def _saved_functions(
+    mirror: LocalS3Mirror, bucket: str, run_id: str
+) -> dict[str, FunctionSettings]:
+    """The memory and ephemeral storage the run's functions had (what its price depends on)."""
+    return {
+        f["role"]: FunctionSettings(
+            memory_mb=int(f["memory_mb"]),
+            timeout_s=FUNCTIONS[f["role"]].timeout_s,
+            ephemeral_storage_mb=int(f["ephemeral_mb"]),
+        )
+        for f in _read_list(mirror, bucket, RunLayout(run_id).functions_key)
+        if isinstance(f, dict) and f.get("role") in FUNCTIONS
+    }
+
+
+def redrive_local(
+    run_id: str,
+    *,
+    mirror: LocalS3Mirror | None = None,
+    functions: dict[str, FunctionSettings] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_started: Callable[[str], None] | None = None,
+) -> LocalRun:
+    """Re-run, on a fresh local cloud, the ranks of a finished, unsuccessful local run that have
+    no successful record, and keep the outcome merged with what the run kept before."""
+    mirror = mirror or LocalS3Mirror()
+    claims = MirrorClaims(mirror)
+    redrive = check_redrive(LocalRuns(mirror), claims, _run_bucket(mirror, run_id), run_id)
+    payload = redrive.payload
+    with LocalCloud(communication=payload.communication) as cloud:
+        target = cloud.deploy(
+            runs_bucket=payload.bucket,
+            functions=functions or _saved_functions(mirror, payload.bucket, run_id),
+        )
+        upload_inputs(target, payload, mirror)
+        uploaded = upload_run(target, mirror, payload, run_id)
+        execution_arn = start_redrive(target, redrive, claims)
+        if on_started:
+            on_started(run_id)
+        return _keep_run(
             target,
+            mirror,
+            payload,
             run_id,
             execution_arn,
-            payload.bucket,
-            payload.world_size,
-            on_progress=on_progress,
+            on_progress,
+            earlier=redrive.executions,
+            uploaded=uploaded,
         )
-        history = fetch_history(target.client("stepfunctions"), execution_arn)
-        s3 = target.client("s3")
-        mirror.download(s3, payload.bucket, f"runs/{run_id}/")
-        mirror.download(s3, payload.bucket, payload.result_prefix + "/")
-        save_logs(target, mirror, payload.bucket, run_id)
-    mirror.path(payload.bucket, f"runs/{run_id}/{HISTORY_FILE}").write_text(json.dumps(history))
-    record = {
-        k: (v.isoformat() if hasattr(v, "isoformat") else v)
-        for k, v in execution.items()
-        if k != "ResponseMetadata"
-    }
-    record_path = mirror.path(payload.bucket, f"runs/{run_id}/execution.json")
-    record_path.write_text(json.dumps(record, indent=2))
-    summary_path = mirror.path(payload.bucket, f"runs/{run_id}/summary.json")
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    return LocalRun(run_id, record, summary, mirror, payload.bucket)

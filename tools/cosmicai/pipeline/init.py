@@ -2,6 +2,12 @@
 
 Its return value is a small pointer (a few hundred bytes whatever the world size): the items
 themselves go to `runs/<run_id>/items.json`, which the Distributed Map reads with an ItemReader.
+
+A redrive (input `"redrive": true, "redrive_number": n`, see `cosmicai.runner.start_redrive`)
+plans only the ranks of the run that have no successful record: it writes them, with the same
+rank numbers, files and world size, to `runs/<run_id>/items-redrive-<n>.json`, removes their old
+failure records, and returns the same pointer, so the Map runs just those ranks and Summarize
+combines every rank's record, old and new.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ EXECUTOR_SETTINGS = (
 
 class NoDataError(CosmicAIError):
     """The data prefix holds no partition files, or too few for the world size."""
+
+
+class NothingToRedrive(CosmicAIError):
+    """Every rank of the run has a successful record."""
 
 
 def assign_files(keys: list[str], world_size: int) -> list[list[str]]:
@@ -86,28 +96,85 @@ def plan_run(s3: Any, run_id: str, bucket: str, payload: Payload) -> dict[str, A
         for rank, block in enumerate(blocks)
     ]
     layout = RunLayout(run_id)
+    _put_items(s3, bucket, layout.items_key, items)
+    return _pointer(run_id, bucket, payload, layout.items_key, items)
+
+
+def _put_items(s3: Any, bucket: str, key: str, items: list[dict[str, Any]]) -> None:
     s3.put_object(
-        Bucket=bucket,
-        Key=layout.items_key,
-        Body=json.dumps(items).encode(),
-        ContentType="application/json",
+        Bucket=bucket, Key=key, Body=json.dumps(items).encode(), ContentType="application/json"
     )
+
+
+def _pointer(
+    run_id: str, bucket: str, payload: Payload, items_key: str, items: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What the state carries: where the items are, the world size, the ranks' settings."""
+    world_size = len(items)
     settings = payload.to_dict()
     return {
         "run_id": run_id,
         "bucket": bucket,
-        "items_key": layout.items_key,
+        "items_key": items_key,
         "world_size": world_size,
-        "files": len(files),
+        "files": sum(len(item["files"]) for item in items),
         "max_concurrency": min(payload.max_concurrency or world_size, world_size),
         "tolerated_failure_percentage": payload.tolerated_failure_percentage,
         "settings": {key: settings.get(key) for key in EXECUTOR_SETTINGS},
     }
 
 
+def _read_json(s3: Any, bucket: str, key: str) -> Any:
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def succeeded_ranks(s3: Any, bucket: str, run_id: str) -> set[int]:
+    """Ranks whose record (`ranks/<rank>.json`, written by the executor) says succeeded."""
+    layout = RunLayout(run_id)
+    done = set()
+    for obj in iter_objects(s3, bucket, layout.ranks_prefix):
+        record = _read_json(s3, bucket, obj["Key"])
+        rank = record.get("rank") if isinstance(record, dict) else None
+        if (
+            isinstance(rank, int)
+            and obj["Key"] == layout.rank_key(rank)
+            and record.get("status") == "succeeded"
+        ):
+            done.add(rank)
+    return done
+
+
+def plan_redrive(
+    s3: Any, run_id: str, bucket: str, payload: Payload, number: int
+) -> dict[str, Any]:
+    """Items of the ranks without a successful record; their old failure records removed.
+
+    A run that never planned (it failed in Init) is planned afresh: all its ranks are missing.
+    """
+    layout = RunLayout(run_id)
+    try:
+        items = _read_json(s3, bucket, layout.items_key)
+    except s3.exceptions.NoSuchKey:
+        return plan_run(s3, run_id, bucket, payload)
+    done = succeeded_ranks(s3, bucket, run_id)
+    todo = [item for item in items if item["rank"] not in done]
+    if not todo:
+        raise NothingToRedrive(
+            f"run {run_id}: all {len(items)} ranks have a successful record, nothing to redrive"
+        )
+    for item in todo:
+        s3.delete_object(Bucket=bucket, Key=layout.failure_key(item["rank"]))
+    key = layout.redrive_items_key(number)
+    _put_items(s3, bucket, key, todo)
+    return _pointer(run_id, bucket, payload, key, items)
+
+
 def run_init(s3: Any, event: dict[str, Any]) -> dict[str, Any]:
-    """Init Lambda body: read and re-validate the payload the client uploaded, then plan."""
+    """Init Lambda body: read and re-validate the payload the client uploaded, then plan (all
+    ranks, or for a redrive those without a successful record)."""
     run_id, bucket = event["run_id"], event["bucket"]
     body = s3.get_object(Bucket=bucket, Key=RunLayout(run_id).payload_key)["Body"].read()
     payload = validate_payload(json.loads(body))
+    if event.get("redrive"):
+        return plan_redrive(s3, run_id, bucket, payload, int(event["redrive_number"]))
     return plan_run(s3, run_id, bucket, payload)

@@ -50,6 +50,10 @@ class RunLayout:
     def items_key(self) -> str:
         return f"{self.prefix}items.json"
 
+    def redrive_items_key(self, number: int) -> str:
+        """The items of the run's redrive `number` (1, 2, ...): its ranks without a result."""
+        return f"{self.prefix}items-redrive-{number}.json"
+
     @property
     def ranks_prefix(self) -> str:
         return f"{self.prefix}ranks/"
@@ -60,6 +64,10 @@ class RunLayout:
     @property
     def failures_prefix(self) -> str:
         return f"{self.prefix}failures/"
+
+    def failure_key(self, rank: int) -> str:
+        """A rank's final error, as the state machine's RecordFailure state names it."""
+        return f"{self.failures_prefix}{rank}.json"
 
     @property
     def summary_key(self) -> str:
@@ -78,6 +86,24 @@ class RunLayout:
     def execution_key(self) -> str:
         """The execution record a local run keeps in the local store when it ends."""
         return f"{self.prefix}execution.json"
+
+    @property
+    def executions_key(self) -> str:
+        """Every execution of a local run (its first, then each redrive), oldest first."""
+        return f"{self.prefix}executions.json"
+
+    @property
+    def history_key(self) -> str:
+        """The execution history events a local run keeps (every execution's, in order)."""
+        return f"{self.prefix}history.json"
+
+    @property
+    def logs_prefix(self) -> str:
+        return f"{self.prefix}logs/"
+
+    def log_key(self, function: str) -> str:
+        """A function's CloudWatch Logs events a local run keeps, one JSON object a line."""
+        return f"{self.logs_prefix}{function}.jsonl"
 
 
 def result_claim_key(result_prefix: str) -> str:
