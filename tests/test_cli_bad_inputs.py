@@ -29,6 +29,7 @@ GOOD = {
     "result_path": "results/r",
 }
 RUN = "demo-20260101-000000-aaaaaa"
+SUCCEEDED_SUMMARY = '{"status": "succeeded"}'
 OTHER = "demo-20260102-000000-bbbbbb"
 RECORD = {
     "name": RUN,
@@ -160,6 +161,17 @@ CASES: list[Case] = [
     case("run", "p.json", "--run-id", "", files=payload()),
     case("run", "p.json", "--run-id", "Demo/1", files=payload()),
     *(case(cmd, run_id) for cmd in ("status", "results", "report") for run_id in ("..", "", "a/b")),
+    *(case(cmd, run_id) for cmd in ("redrive", "resume") for run_id in ("..", "a/b")),
+    case("redrive", RUN, says=f"no local run {RUN}"),
+    case("redrive", RUN, files=store(**{"payload.json": "[]"}), says="unreadable"),
+    case("resume", RUN, files=store(**{"executions.json": "{}"}), says="unreadable"),
+    case("redrive", RUN, files=store(**{"payload.json": json.dumps(GOOD), "items.json": "[1]"})),
+    case(
+        "redrive",
+        RUN,
+        files=store(**{"payload.json": json.dumps(GOOD), "summary.json": SUCCEEDED_SUMMARY}),
+        says="succeeded: nothing to redrive",
+    ),
     case("compare", "..", RUN),
     case("compare", RUN, "x"),
     case("status", RUN, files=store(**{"execution.json": '{"name": "de'}), says="unreadable"),
