@@ -21,7 +21,9 @@ from cosmicai.claims import ClaimedError, claim_body
 from cosmicai.cli.main import main
 from cosmicai.defaults import RANK_MAX_RETRIES
 from cosmicai.inference.errors import CosmicAIError
+from cosmicai.localcloud.cloud import LocalCloud
 from cosmicai.localcloud.mirror import LocalS3Mirror, MirrorClaims
+from cosmicai.localcloud.server import LOCAL_CREDENTIALS
 from cosmicai.localcloud.session import redrive_local, run_local
 from cosmicai.payload import Payload, validate_payload
 from cosmicai.pipeline.layout import RunLayout, result_claim_key
@@ -253,6 +255,55 @@ def test_the_run_s_own_claims_do_not_refuse_it(failed: Failed, redriven: Redrive
         held = claims.read(BUCKET, key)
         assert held.run_id == redriven.run_id and held.body["execution_arn"] == arn
         assert claims.finished(BUCKET, held)
+
+
+# -- the AWS code path, with a live local cloud standing in for AWS -----------------------------
+
+
+def test_aws_code_path_redrives_with_a_new_execution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run/redrive/status/report --aws`: one state machine, S3 claims, CloudWatch Logs."""
+    monkeypatch.setenv("COSMICAI_HOME", str(tmp_path / "home"))
+    with LocalCloud() as cloud:
+        target = cloud.deploy()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", cloud.endpoint_url)
+        for key, value in LOCAL_CREDENTIALS.items():
+            monkeypatch.setenv(key.upper(), value)
+        s3 = target.client("s3")
+        s3.create_bucket(Bucket="cosmicai-data")
+        for i in range(2):
+            s3.put_object(Bucket="cosmicai-data", Key=f"parts/part-{i}.safetensors", Body=b"x")
+        s3.put_object(Bucket=BUCKET, Key="code/job.py", Body=WAITS_FOR_MARKER.encode())
+        (tmp_path / "payload.json").write_text(json.dumps(_payload().to_dict()))
+        flags = ["--aws", "--state-machine-arn", target.state_machine_arn,
+                 "--bucket", BUCKET, "--region", cloud.region]  # fmt: skip
+        assert main(["run", str(tmp_path / "payload.json"), *flags, "--json"]) == 1
+        out = capsys.readouterr().out
+        run_id = json.loads(out[out.index("{") :])["summary"]["run_id"]
+        s3.put_object(Bucket=BUCKET, Key=f"runs/{run_id}/go", Body=b"go")
+        assert main(["resume", run_id, *flags, "--json"]) == 0
+        out = capsys.readouterr().out
+        result = json.loads(out[out.index("{") :])
+        assert result["execution"]["name"] == f"{run_id}-redrive-1"
+        assert result["summary"]["status"] == "succeeded"
+        assert main(["status", run_id, *flags, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["execution_status"] == "SUCCEEDED"
+        assert main(["report", run_id, *flags, "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert main(["redrive", run_id, *flags]) == 1
+        assert "succeeded: nothing to redrive" in capsys.readouterr().err
+    executor = sorted(
+        (i["rank"], i["attempt"], i["execution"], i["failed"])
+        for i in report["invocations"]
+        if i["role"] == "executor"
+    )
+    assert executor == [
+        (0, 1, 1, False),
+        *((1, attempt, 1, True) for attempt in range(1, FIRST_ATTEMPTS + 1)),
+        (1, FIRST_ATTEMPTS + 1, 2, False),
+    ]
+    assert report["cost"]["state_transitions"]["parent"] == 2 * 5
 
 
 # -- when Step Functions' own RedriveExecution applies (AWS) -------------------------------------

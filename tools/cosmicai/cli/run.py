@@ -172,12 +172,13 @@ def _load_run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] 
         arn = target.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{args.run_id}"
         sfn = target.client("stepfunctions")
         try:
-            execution = sfn.describe_execution(executionArn=arn)
+            sfn.describe_execution(executionArn=arn)
         except sfn.exceptions.ExecutionDoesNotExist as err:
             raise CosmicAIError(
                 f"no run {args.run_id} on {target.state_machine_arn}: check the run id "
                 f"(`cosmicai runs --aws` lists them)."
             ) from err
+        execution = CloudRuns(target, settle_s=0).execution(args.run_id)  # a redrive's, if any
         s3 = target.client("s3")
 
         def read(key: str) -> Any:
