@@ -244,19 +244,19 @@ def test_cli_partition(tmp_path: Path, source: Path, capsys: pytest.CaptureFixtu
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "message", "code"),
     [
-        (["--size", "25 parsecs"], "invalid size '25 parsecs'"),
-        (["--size", "0.001MB"], "smaller than one sample"),
-        (["--out", "s3://bucket-only"], "must look like s3://bucket/key"),
+        (["--size", "25 parsecs"], "invalid size '25 parsecs'", 1),
+        (["--size", "0.001MB"], "smaller than one sample", 1),
+        (["--out", "s3://bucket-only"], "must look like s3://bucket/key", 2),  # a bad location
     ],
 )
 def test_cli_partition_errors(
-    tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str], argv, message
+    tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str], argv, message, code
 ) -> None:
     args = {"--size": "1MB", "--out": str(tmp_path / "o")}
     args.update(zip(argv[::2], argv[1::2], strict=True))
-    assert main(["partition", str(source), *[x for kv in args.items() for x in kv]]) == 1
+    assert main(["partition", str(source), *[x for kv in args.items() for x in kv]]) == code
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 

@@ -119,8 +119,10 @@ def test_cli_make_data_json_and_text(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_cli_make_data_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["make-data", "--samples", "0", "--out", str(tmp_path / "d.pt")]) != 0
-    assert "--samples must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # refused while parsing
+        main(["make-data", "--samples", "0", "--out", str(tmp_path / "d.pt")])
+    assert exited.value.code == 2
+    assert "--samples: '0' is not a whole number of at least 1" in capsys.readouterr().err
     assert main(["make-data", "--samples", "5", "--out", str(tmp_path / "d.txt")]) != 0
     err = capsys.readouterr().err
     assert "unsupported suffix" in err and "Traceback" not in err
