@@ -49,19 +49,30 @@ json.dump({"rank": rank}, open(os.environ["COSMICAI_RESULT_FILE"], "w"))
 FIRST_ATTEMPTS = 1 + RANK_MAX_RETRIES  # rank 1's attempts in the first execution
 
 
-def _payload() -> Payload:
+def _payload(world_size: int = 2, result_path: str = RESULT_PATH) -> Payload:
     return validate_payload(
         {
             "bucket": BUCKET,
             "data_bucket": "cosmicai-data",
             "data_prefix": "parts",
-            "result_path": RESULT_PATH,
+            "result_path": result_path,
             "S3_object_name": "code",
             "script": "job.py",
-            "world_size": 2,
+            "world_size": world_size,
             "team": "redrive",
         }
     )
+
+
+def _inputs(mirror: LocalS3Mirror, files: int) -> None:
+    """`files` partitions (never read in script mode) and the script, in the local store."""
+    for i in range(files):
+        path = mirror.path("cosmicai-data", f"parts/part-{i:05d}.safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"not read in script mode")
+    code = mirror.path(BUCKET, "code/job.py")
+    code.parent.mkdir(parents=True, exist_ok=True)
+    code.write_text(WAITS_FOR_MARKER)
 
 
 def _ranks_started(mirror: LocalS3Mirror, run_id: str) -> list[int]:
@@ -94,13 +105,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def failed(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Failed:
     mirror = LocalS3Mirror(home)
-    for i in range(2):
-        path = mirror.path("cosmicai-data", f"parts/part-{i:05d}.safetensors")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"not read in script mode")
-    code = mirror.path(BUCKET, "code/job.py")
-    code.parent.mkdir(parents=True)
-    code.write_text(WAITS_FOR_MARKER)
+    _inputs(mirror, files=2)
     run = run_local(_payload(), mirror=mirror)
     assert run.execution["status"] == "FAILED"
     assert run.summary is not None and run.summary["status"] == "failed"
@@ -245,7 +250,7 @@ def test_a_result_path_claimed_since_by_another_run_is_refused(
     assert claims.read(BUCKET, RunLayout(failed.run_id).claim_key) == own
 
 
-def test_the_run_s_own_claims_do_not_refuse_it(failed: Failed, redriven: Redriven) -> None:
+def test_the_redrive_took_the_runs_own_claims_over(failed: Failed, redriven: Redriven) -> None:
     """The redrive took its own claims over: they name its execution now."""
     claims = MirrorClaims(redriven.mirror)
     arn = json.loads(
@@ -255,6 +260,23 @@ def test_the_run_s_own_claims_do_not_refuse_it(failed: Failed, redriven: Redrive
         held = claims.read(BUCKET, key)
         assert held.run_id == redriven.run_id and held.body["execution_arn"] == arn
         assert claims.finished(BUCKET, held)
+
+
+def test_a_run_that_failed_in_init_is_planned_afresh(tmp_path: Path) -> None:
+    """Init failed (too few files for the world size): once the data is there, the redrive plans
+    and runs every rank."""
+    mirror = LocalS3Mirror(tmp_path)
+    _inputs(mirror, files=2)
+    first = run_local(_payload(world_size=3, result_path="results/init"), mirror=mirror)
+    assert first.summary is None and first.execution["status"] == "FAILED"
+    _inputs(mirror, files=3)
+    mirror.path(BUCKET, f"runs/{first.run_id}/go").write_bytes(b"go")
+    run = redrive_local(first.run_id, mirror=mirror)
+    assert run.summary is not None and run.summary["status"] == "succeeded"
+    assert run.summary["ranks_succeeded"] == 3
+    assert _ranks_started(mirror, first.run_id) == [0, 1, 2]
+    items = json.loads(mirror.path(BUCKET, RunLayout(first.run_id).items_key).read_text())
+    assert [item["rank"] for item in items] == [0, 1, 2]
 
 
 # -- the AWS code path, with a live local cloud standing in for AWS -----------------------------
