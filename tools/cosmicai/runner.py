@@ -310,10 +310,10 @@ def start_redrive(target: Target, redrive: Redrive, claims: Claims) -> str:
     payload, run_id = redrive.payload, redrive.run_id
     _check_rendezvous(target, payload)
     sfn = target.client("stepfunctions")
-    last = redrive.executions[-1]
-    resume = step_functions_can_redrive(last, _newest_events(sfn, last["executionArn"]))
+    last, last_arn = redrive.executions[-1], str(redrive.executions[-1].get("executionArn"))
+    resume = step_functions_can_redrive(last, _newest_events(sfn, last_arn))
     name = f"{run_id}-redrive-{redrive.number}"
-    arn = str(last["executionArn"]) if resume else execution_arn(target.state_machine_arn, name)
+    arn = last_arn if resume else execution_arn(target.state_machine_arn, name)
     before = _reclaim(claims, payload, run_id, arn)
     try:
         if resume:
