@@ -21,26 +21,28 @@ import psutil
 import pytest
 
 SCRIPT = """
-import json, os, pathlib, time
-flag = pathlib.Path({flags!r}) / ("rank%s" % os.environ["RANK"])
-if os.environ["RANK"] == "0" and not flag.exists():  # the test kills something meanwhile
-    flag.write_text("1")
+import json, os, time
+import boto3
+s3, marker = boto3.client("s3"), "runs/%s/first-attempt" % os.environ["RUN_ID"]
+if os.environ["RANK"] == "0" and "Contents" not in s3.list_objects_v2(
+    Bucket=os.environ["BUCKET"], Prefix=marker
+):  # the first attempt sleeps: the test kills something meanwhile
+    s3.put_object(Bucket=os.environ["BUCKET"], Key=marker, Body=b"1")
     time.sleep(60)
-json.dump({{"rank": int(os.environ["RANK"])}}, open(os.environ["COSMICAI_RESULT_FILE"], "w"))
+json.dump({"rank": int(os.environ["RANK"])}, open(os.environ["COSMICAI_RESULT_FILE"], "w"))
 """
 
 
 def _start_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
-    home, tmpdir, flags = tmp_path / "home", tmp_path / "tmp", tmp_path / "flags"
-    for folder in (tmpdir, flags):
-        folder.mkdir()
+    home, tmpdir = tmp_path / "home", tmp_path / "tmp"
+    tmpdir.mkdir()
     for rank in range(2):
         part = home / "s3" / "cosmicai-data" / "parts" / f"part-{rank}.safetensors"
         part.parent.mkdir(parents=True, exist_ok=True)
         part.write_bytes(b"unused in script mode")
     code = home / "s3" / "cosmicai-runs" / "code-faults" / "job.py"
     code.parent.mkdir(parents=True)
-    code.write_text(SCRIPT.format(flags=str(flags)))
+    code.write_text(SCRIPT)
     payload = tmp_path / "payload.json"
     payload.write_text(
         json.dumps(
@@ -158,8 +160,7 @@ def test_a_full_tmp_fails_the_rank_once_with_what_to_change(
     home = tmp_path / "home"
     part = home / "s3" / "cosmicai-data" / "big" / "part-0.safetensors"
     part.parent.mkdir(parents=True)
-    # more than the storage has left once the functions' code is unpacked
-    part.write_bytes(os.urandom(20 * 2**20))
+    part.write_bytes(os.urandom(30 * 2**20))  # more than the whole temporary storage
     code = home / "s3" / "cosmicai-runs" / "code-full" / "job.py"
     code.parent.mkdir(parents=True)
     code.write_text("print('never reached')\n")

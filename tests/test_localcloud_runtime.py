@@ -49,6 +49,15 @@ def hold(event, context):
     time.sleep(event.get("seconds", 0.4))
     return {"started": started, "ended": time.time(), "cpus": sorted(os.sched_getaffinity(0))}
 
+def tmp_view(event, context):
+    before = sorted(os.listdir("/tmp"))
+    with open("/tmp/shared-name", "w") as f:
+        f.write(context.aws_request_id)
+    time.sleep(0.3)
+    with open("/tmp/shared-name") as f:
+        return {"before": before, "mine": f.read() == context.aws_request_id,
+                "tmpdir": os.environ["TMPDIR"]}
+
 def hog(event, context):
     blob = bytearray(300 * 2**20)
     time.sleep(2)
@@ -80,6 +89,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory):
             ("fail", 10, 256),
             ("hog", 10, 200),
             ("small", 10, 1769),
+            ("tmp_view", 10, 128),
             ("large", 10, 10240),
         ):
             lam.create_function(
@@ -213,6 +223,25 @@ def test_concurrent_environments_never_hold_more_cpus_than_the_machine(
     # and their wait is not billed: every REPORT Duration is the handler's own time
     durations = [r.duration_ms for r in report_lines(cloud, function)]
     assert durations and max(durations) < 1500
+
+
+def test_each_environment_has_a_tmp_of_its_own(cloud: LocalCloud) -> None:
+    from cosmicai.localcloud.lambda_runtime import _can_make_tmp_views
+
+    if not _can_make_tmp_views():
+        pytest.skip("this machine allows no mount namespaces")
+    results: list[dict] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(invoke(cloud, "tmp_view", {})[1]))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r["mine"] for r in results] == [True, True]  # nobody saw the other's file
+    assert all(r["tmpdir"] == "/tmp" for r in results)
+    assert [r["before"] for r in results] == [[], []]  # a fresh /tmp, not the machine's
 
 
 def test_throttling_reaches_the_state_machine_s_retry_and_catch(cloud: LocalCloud) -> None:

@@ -8,7 +8,9 @@ killed), a concurrency cap (throttling beyond it), and START/END/REPORT lines in
 Logs group `/aws/lambda/<function>`, so the metrics code reads local and AWS logs alike.
 
 Zip functions run under the stand-in for AWS's python3.11 runtime, image functions (the
-executor) from their local image (`cosmicai.localcloud.runtimes`).
+executor) from their local image (`cosmicai.localcloud.runtimes`). Each environment sees a /tmp
+of its own, as on Lambda (its temporary folder bind-mounted on /tmp in a mount namespace of its
+own, where this machine allows one), so concurrent runs never see each other's files.
 
 The local account has this machine's CPUs: an invocation runs only once it holds as many CPUs as
 Lambda would give its memory (capped by the machine), so concurrent environments never hold more
@@ -21,6 +23,7 @@ instead: one CPU each, in turn.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -44,7 +47,7 @@ from moto.awslambda.models import lambda_backends
 
 from cosmicai.lambda_report import ReportLine
 from cosmicai.localcloud import worker
-from cosmicai.localcloud.runtimes import Interpreter, managed_runtime, resolve_image
+from cosmicai.localcloud.runtimes import Interpreter, cache_root, managed_runtime, resolve_image
 
 log = logging.getLogger("cosmicai.localcloud.lambda")
 
@@ -211,6 +214,34 @@ def pin(pid: int, cpus: list[int]) -> None:
                     os.sched_setaffinity(thread.id, cpus)
 
 
+@functools.cache
+def _can_make_tmp_views() -> bool:
+    """Whether this process may start workers in a mount namespace of their own."""
+    probe = subprocess.run(
+        [*_UNSHARE, "sh", "-c", "mount -t tmpfs none /tmp"], capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        log.warning(
+            "environments share this machine's /tmp (no mount namespaces here: %s); each "
+            "still gets its own TMPDIR",
+            probe.stderr.decode(errors="replace").strip(),
+        )
+    return probe.returncode == 0
+
+
+_UNSHARE = ["unshare", "--mount", "--propagation", "private"]
+if os.geteuid() != 0:
+    _UNSHARE[1:1] = ["--user", "--map-root-user"]
+
+
+def tmp_view(tmpdir: Path) -> list[str]:
+    """The command prefix that shows a worker `tmpdir` as its /tmp, as Lambda gives every
+    environment a /tmp of its own (empty where mount namespaces are not allowed)."""
+    if not _can_make_tmp_views():
+        return []
+    return [*_UNSHARE, "sh", "-c", 'mount --bind "$0" /tmp && exec "$@"', str(tmpdir)]
+
+
 class LambdaRuntime:
     """Invokes moto's Lambda functions in local worker processes."""
 
@@ -343,7 +374,8 @@ class LambdaRuntime:
         """Where the function's code is unpacked (Lambda's /var/task), and what runs it."""
         if config.image_uri:
             return resolve_image(config.image_uri)
-        target = self.workdir / "code" / config.name / config.code_sha.replace("/", "_")[:32]
+        # content-addressed and outside /tmp (each environment sees its own /tmp)
+        target = cache_root() / "code" / config.name / config.code_sha.replace("/", "_")[:32]
         if not target.exists():
             staging = target.with_name(target.name + f".{uuid.uuid4().hex}")
             with zipfile.ZipFile(io.BytesIO(config.code_zip)) as archive:
@@ -360,6 +392,7 @@ class LambdaRuntime:
         read_fd, write_fd = os.pipe()
         process = subprocess.Popen(
             [
+                *tmp_view(tmpdir),
                 interpreter.python,
                 *interpreter.flags,
                 worker.__file__,
@@ -371,7 +404,9 @@ class LambdaRuntime:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env={
-                **self._lambda_env(config, stream, str(tmpdir), task_root),
+                **self._lambda_env(
+                    config, stream, "/tmp" if tmp_view(tmpdir) else str(tmpdir), task_root
+                ),
                 "COSMICAI_WORKER_FD": str(write_fd),
                 "COSMICAI_RUNTIME_PID": str(os.getpid()),
             },
