@@ -51,7 +51,7 @@ def summary_text(summary: dict[str, Any]) -> str:
     totals = summary.get("totals") or {}
     lines.append(
         f"run {summary['run_id']}: {summary['status'].upper()} — {summary['ranks_succeeded']}/"
-        f"{summary['world_size']} ranks, {summary['samples']} samples"
+        f"{summary['world_size']} ranks, {summary['samples'] if summary['samples'] is not None else 'unknown'} samples"
         + (
             f", {totals['samples_per_s']:.1f} samples/s overall"
             if totals.get("samples_per_s")

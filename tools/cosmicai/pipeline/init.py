@@ -35,6 +35,8 @@ EXECUTOR_SETTINGS = (
     "S3_object_name",
     "object_type",
     "result_path",
+    "data_bucket",
+    "data_prefix",
     "communication",
     "team",
 )

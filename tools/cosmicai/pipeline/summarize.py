@@ -4,7 +4,9 @@ Writes `<result_path>/combined_data.json` (the reference's name and format: a li
 record per rank, in rank order) and `summary.json` beside it (and under the run's prefix), with
 aggregate metrics over all samples, totals, a per-rank table, and the ranks that failed or are
 missing. A run with failed or missing ranks is reported as partial (within the tolerated
-failure setting) or failed, never as succeeded.
+failure setting) or failed, never as succeeded. `samples` is null (unknown) when a rank's record
+has no sample count (a script's that reports none; see `cosmicai.reference_results`), and
+`samples_unknown_ranks` names those ranks.
 """
 
 from __future__ import annotations
@@ -109,7 +111,9 @@ def summarize_run(s3: Any, event: dict[str, Any]) -> dict[str, Any]:
     predictions = [p for r in records for p in r.get("predictions") or []]
     truths = [t for r in records for t in r.get("true_redshift") or []]
     labelled = bool(truths) and len(truths) == len(predictions)
-    samples = sum(int(r.get("samples") or 0) for r in records)
+    # a script's rank without a sample count (see cosmicai.reference_results) makes it unknown
+    unknown_samples = [r["rank"] for r in records if r.get("samples") is None]
+    samples = None if unknown_samples else sum(int(r["samples"]) for r in records)
     walls = [float(r["wall_s"]) for r in records if r.get("wall_s") is not None]
     started = [r["started_at"] for r in records if "started_at" in r]
     ended = [r["ended_at"] for r in records if "ended_at" in r]
@@ -137,6 +141,7 @@ def summarize_run(s3: Any, event: dict[str, Any]) -> dict[str, Any]:
         "failed_ranks": failures,
         "missing_ranks": missing,
         "samples": samples,
+        "samples_unknown_ranks": unknown_samples,
         "metrics": _metrics(predictions, truths) if labelled else None,
         "model_trained": all(r.get("model_trained", True) for r in records) if records else None,
         "model_source": records[0].get("model_source") if records else None,
@@ -144,7 +149,7 @@ def summarize_run(s3: Any, event: dict[str, Any]) -> dict[str, Any]:
             "rank_wall_s_max": max(walls) if walls else None,
             "rank_wall_s_sum": sum(walls),
             "span_s": span_s,
-            "samples_per_s": samples / span_s if span_s else None,
+            "samples_per_s": samples / span_s if span_s and samples is not None else None,
         },
         "ranks": [{k: r.get(k) for k in RANK_TABLE_FIELDS} for r in records],
         "combined_key": f"{result_prefix}/combined_data.json",
