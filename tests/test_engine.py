@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 import cosmicai.inference.engine as engine
 from cosmicai.inference.checkpoint import LoadedModel, load_model
 from cosmicai.inference.engine import EngineConfig, run_inference
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.inference.errors import CosmicAIError, DataFormatError
 from cosmicai.inference.model import AstroMAEConfig, count_parameters
 from cosmicai.inference.partition_io import write_partition
 
@@ -171,10 +172,10 @@ def test_streams_one_file_at_a_time(
     held: list[weakref.ref] = []
     read = engine.read_partition
 
-    def tracking_read(path: Path) -> object:
+    def tracking_read(path: Path, **kwargs: object) -> object:
         alive = [ref for ref in held if ref() is not None]
         assert not alive, f"{len(alive)} earlier partition tensor(s) still alive"
-        part = read(path)
+        part = read(path, **kwargs)
         held.extend(weakref.ref(t) for t in (part.images, part.magnitudes, part.redshifts))
         calls.append(path)
         return part
@@ -185,6 +186,42 @@ def test_streams_one_file_at_a_time(
     assert calls == files
     assert all(ref() is None for ref in held)
     assert len(result.predictions) == 40
+
+
+@pytest.mark.parametrize(
+    ("dtypes", "bits_per_sample"),
+    [
+        ((torch.float32, torch.float64, torch.float64), 164_160),  # the reference's own figure
+        ((torch.float16, torch.float64, torch.float32), 8 * (5 * 32 * 32 * 2 + 5 * 8)),
+    ],
+    ids=["reference", "float16-images"],
+)
+def test_reference_files_with_other_dtypes_predict_as_their_float32_cast(
+    tmp_path: Path, tiny: LoadedModel, dtypes: tuple[torch.dtype, ...], bits_per_sample: int
+) -> None:
+    stored = [t.to(d) for t, d in zip(make_tensors(45, seed=3), dtypes, strict=True)]
+    reference = tmp_path / "reference.pt"
+    torch.save(TensorDataset(*stored), reference)  # as the course's files are written
+    (cast,) = write_split(tmp_path / "cast", tuple(t.float() for t in stored), [45])
+    config = EngineConfig(batch_size=16, threads=1)
+    got = run_inference(tiny, [reference], config)
+    want = run_inference(tiny, [cast], config)
+    assert got.predictions == want.predictions  # bit for bit
+    assert got.true == want.true == stored[2].float().tolist()
+    record = got.record
+    assert record["throughput_bps"] == pytest.approx(bits_per_sample * 45 / record["wall_s"])
+
+
+def test_labels_name_the_files_in_errors_and_the_record(tmp_path: Path, tiny: LoadedModel) -> None:
+    images, magnitudes, redshifts = make_tensors(12)
+    files = write_split(tmp_path, (images, magnitudes, redshifts), [6, 6])
+    labels = ["s3://cosmicai-data/parts/part-00000.safetensors", "s3://cosmicai-data/p/x.pt"]
+    record = run_inference(tiny, files, EngineConfig(threads=1), labels=labels).record
+    assert record["files"] == labels and record["data_path"] == labels
+    bad = tmp_path / "00001-x.pt"
+    torch.save(TensorDataset(images, magnitudes.int(), redshifts), bad)
+    with pytest.raises(DataFormatError, match=f"^{labels[1]}: magnitudes has dtype torch.int32"):
+        run_inference(tiny, [files[0], bad], EngineConfig(threads=1), labels=labels)
 
 
 def test_micro_batch_settings() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickletools
 import struct
 import zipfile
 from pathlib import Path
@@ -30,6 +31,13 @@ def tensors(n: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torc
         20 + torch.randn(n, 5, generator=gen),
         torch.rand(n, generator=gen),
     )
+
+
+def with_value(tensor: torch.Tensor, index: tuple[int, ...], value: float) -> torch.Tensor:
+    """A copy of `tensor` with one element set."""
+    copy = tensor.clone()
+    copy[index] = value
+    return copy
 
 
 def only_file(directory: Path) -> list[str]:
@@ -157,6 +165,121 @@ def test_pt_accepted_layouts(tmp_path: Path, make) -> None:
         assert part.redshifts is None
 
 
+# --- the reference's dtypes: float16/32/64, read as float32 ----------------------------------
+
+
+def pickle_globals(path: Path) -> set[str]:
+    """The globals a torch zip file's pickle names ("module name")."""
+    with zipfile.ZipFile(path) as archive:
+        data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    return {str(arg) for op, arg, _ in pickletools.genops(data) if op.name == "GLOBAL"}
+
+
+@pytest.mark.parametrize(
+    "dtypes",
+    [
+        (torch.float32, torch.float64, torch.float64),  # the course's reference files
+        (torch.float16, torch.float32, torch.float16),
+        (torch.float64, torch.float64, torch.float64),
+    ],
+    ids=["reference", "float16", "float64"],
+)
+def test_reference_pt_with_other_float_dtypes_reads_as_float32(tmp_path: Path, dtypes) -> None:
+    stored = tuple(t.to(d) for t, d in zip(tensors(), dtypes, strict=True))
+    path = tmp_path / "reference.pt"
+    torch.save(TensorDataset(*stored), path)
+    assert {"torch DoubleStorage", "torch HalfStorage"} & pickle_globals(path)
+    part = read_partition(path)  # the default allow-list: no trust_pickle needed
+    for got, want in zip((part.images, part.magnitudes, part.redshifts), stored, strict=True):
+        assert got.dtype == torch.float32 and torch.equal(got, want.float())
+    # Bytes of model input as the file stores them (the reference's 20,520 bytes per sample).
+    assert part.input_bytes == stored[0].nbytes + stored[1].nbytes
+    if dtypes[:2] == (torch.float32, torch.float64):
+        assert part.input_bytes * 8 / len(part) == 164_160
+
+
+def test_float32_tensors_are_read_without_a_copy(tmp_path: Path) -> None:
+    images, magnitudes, redshifts = tensors()
+    path = tmp_path / "reference.pt"
+    torch.save(TensorDataset(images, magnitudes.double(), redshifts.double()), path)
+    part = read_partition(path)
+    with zipfile.ZipFile(path) as archive:  # images stay a view of the file's pages
+        info = next(i for i in archive.infolist() if i.filename.endswith("data/0"))
+    with path.open("r+b") as handle:
+        handle.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", handle.read(4))
+        handle.seek(info.header_offset + 30 + name_len + extra_len)
+        handle.write(struct.pack("<f", 321.0))
+    assert part.images[0, 0, 0, 0].item() == 321.0
+
+
+def test_safetensors_with_float64_reads_as_float32(tmp_path: Path) -> None:
+    images, magnitudes, redshifts = tensors()
+    path = tmp_path / "p.safetensors"
+    content = {"images": images.half(), "magnitudes": magnitudes.double(), "redshifts": redshifts}
+    save_file(content, path, metadata={"format": FORMAT_ID, "samples": "6"})
+    part = read_partition(path)
+    assert part.magnitudes.dtype == part.images.dtype == torch.float32
+    assert torch.equal(part.magnitudes, magnitudes.double().float())
+    assert torch.equal(part.images, images.half().float())
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_writes_convert_to_float32(tmp_path: Path, suffix: str) -> None:
+    images, magnitudes, redshifts = tensors()
+    path = tmp_path / f"p{suffix}"
+    write_partition(path, images.half(), magnitudes.double(), redshifts.double())
+    stored = (
+        load_file(path)
+        if suffix == ".safetensors"
+        else torch.load(path, weights_only=False).tensors
+    )
+    values = stored.values() if isinstance(stored, dict) else stored
+    assert {t.dtype for t in values} == {torch.float32}
+    part = read_partition(path)
+    assert torch.equal(part.images, images.half().float())
+    assert torch.equal(part.magnitudes, magnitudes.double().float())
+
+
+def test_non_finite_images_are_found_across_scan_chunks(tmp_path: Path) -> None:
+    images, magnitudes, redshifts = tensors(n=600)
+    images = with_value(images, (300, 0, 0, 0), float("inf"))  # a later scan chunk than 0
+    images = with_value(images, (599, 4, 31, 31), float("nan"))  # the last element
+    path = tmp_path / "p.pt"
+    torch.save(TensorDataset(images, magnitudes, redshifts), path)
+    with pytest.raises(
+        DataFormatError,
+        match=r"images contain NaN or inf in 2 sample\(s\), first "
+        r"at sample 300; drop or impute",
+    ):
+        read_partition(path)
+
+
+def test_messages_name_the_file_by_its_label(tmp_path: Path) -> None:
+    """A rank reads a temporary copy; every message names the object it came from."""
+    label = "s3://cosmicai-data/parts/part-00003.pt"
+    images, magnitudes, redshifts = tensors()
+    cases = {
+        "int.pt": (TensorDataset(images, magnitudes.long(), redshifts), "magnitudes has dtype"),
+        "nan.pt": (
+            TensorDataset(images, with_value(magnitudes.double(), (4, 1), float("nan")), redshifts),
+            "magnitudes contain NaN or inf .* first at sample 4",
+        ),
+        "custom.pt": (SubclassedDataset(images, magnitudes, redshifts), "refusing to unpickle"),
+    }
+    for name, (obj, pattern) in cases.items():
+        copy = tmp_path / f"00000-{name}"
+        torch.save(obj, copy)
+        with pytest.raises(DataFormatError, match=f"^{label}: {pattern}") as err:
+            read_partition(copy, name=label)
+        assert str(tmp_path) not in str(err.value)
+    (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
+    with pytest.raises(DataFormatError, match=f"^{label}: cannot be loaded"):
+        read_partition(tmp_path / "garbage.pt", name=label)
+    with pytest.raises(DataFormatError, match=f"^{label}: no such file"):
+        read_partition(tmp_path / "absent.pt", name=label)
+
+
 # --- pickle safety ----------------------------------------------------------------------------
 
 
@@ -230,11 +353,18 @@ def bad_inputs() -> list[tuple[str, tuple, str]]:
             r"images has shape \[6, 5, 64, 64\]",
         ),
         (
-            "float64",
-            (images.double(), magnitudes, redshifts),
-            r"images has dtype torch\.float64, expected torch\.float32",
+            "int images",
+            (images.long(), magnitudes, redshifts),
+            r"images has dtype torch\.int64; accepted dtypes are torch\.float16, torch\.float32 "
+            r"or torch\.float64 \(read as float32\)",
         ),
-        ("int", (images, magnitudes.int(), redshifts), r"magnitudes has dtype torch\.int32"),
+        ("int", (images, magnitudes.int(), redshifts), r"magnitudes has dtype torch\.int32; acc"),
+        ("bool", (images, magnitudes, redshifts > 0.5), r"redshifts has dtype torch\.bool; acc"),
+        (
+            "complex",
+            (images, magnitudes.to(torch.complex64), redshifts),
+            r"magnitudes has dtype torch\.complex64; accepted",
+        ),
         (
             "mags 4",
             (images, magnitudes[:, :4], redshifts),
@@ -260,6 +390,16 @@ def bad_inputs() -> list[tuple[str, tuple, str]]:
             "inf",
             (images, magnitudes, redshifts.clone().index_fill_(0, torch.tensor([5]), float("inf"))),
             r"redshifts contain NaN or inf in 1 sample\(s\), first at sample 5",
+        ),
+        (
+            "nan image",
+            (with_value(images, (3, 2, 10, 7), float("nan")), magnitudes, redshifts),
+            r"images contain NaN or inf in 1 sample\(s\), first at sample 3",
+        ),
+        (
+            "beyond float32",
+            (images, magnitudes.double().index_fill_(0, torch.tensor([1]), 1e39), redshifts),
+            r"magnitudes contain NaN or inf \(or values beyond float32's range\) in 1 sample",
         ),
         (
             "array",
@@ -312,9 +452,9 @@ def test_foreign_safetensors_files_are_refused(tmp_path: Path) -> None:
             r"metadata says 7 samples but images holds 6",
         ),
         "dtype": (
-            {"images": images.half(), "magnitudes": magnitudes},
+            {"images": images.to(torch.int16), "magnitudes": magnitudes},
             meta,
-            r"images has dtype torch\.float16",
+            r"images has dtype torch\.int16; accepted dtypes",
         ),
         "nan": (
             {

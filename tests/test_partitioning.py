@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from torch.utils.data import TensorDataset
 
 from cosmicai.cli.main import main
 from cosmicai.inference import partitioning
@@ -279,3 +281,51 @@ def test_cli_partition_missing_source(tmp_path: Path, capsys: pytest.CaptureFixt
     code = main(["partition", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code != 0 and "nope.pt: no such file or directory" in err and "Traceback" not in err
+
+
+def test_cli_partition_of_a_float64_reference_file_writes_float32(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images, magnitudes, redshifts = dataset(60)
+    source = tmp_path / "reference.pt"  # the course's files: float64 magnitudes and redshifts
+    torch.save(TensorDataset(images, magnitudes.double(), redshifts.double()), source)
+    out = tmp_path / "parts"
+    assert main(["partition", str(source), "--size", "0.5MB", "--out", str(out)]) == 0
+    manifest = Manifest.load(out)
+    assert [entry.samples for entry in manifest.files] == [25, 25, 10]
+    for entry in manifest.files:
+        assert {t.dtype for t in load_file(out / entry.file).values()} == {torch.float32}
+        assert entry.bytes == (out / entry.file).stat().st_size
+    got = concatenated(out, manifest)
+    assert torch.equal(got[0], images)
+    assert torch.equal(got[1], magnitudes.double().float())
+    assert torch.equal(got[2], redshifts.double().float())
+    assert verify_manifest(out) == []
+
+
+def test_cli_partition_refuses_int_and_nan_sources(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images, magnitudes, redshifts = dataset(8)
+    bad_magnitudes = magnitudes.double()
+    bad_magnitudes[5, 2] = float("nan")
+    cases = {
+        "int.pt": (
+            (images, magnitudes.long(), redshifts),
+            "magnitudes has dtype torch.int64; accepted dtypes are torch.float16, "
+            "torch.float32 or torch.float64",
+        ),
+        "nan.pt": (
+            (images, bad_magnitudes, redshifts),
+            "magnitudes contain NaN or inf (or values beyond float32's range) in 1 sample(s), "
+            "first at sample 5",
+        ),
+    }
+    for name, (tensors, message) in cases.items():
+        source = tmp_path / name
+        torch.save(TensorDataset(*tensors), source)
+        out = tmp_path / f"out-{name}"
+        assert main(["partition", str(source), "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert f"{source}: {message}" in err and "Traceback" not in err
+        assert not out.exists() or list(out.iterdir()) == []

@@ -21,8 +21,15 @@ one (about +11% on 2 vCPUs), and a prediction then does not depend on the thread
 
 The record keeps every field of the reference workflow, computed honestly: CPU time is process
 CPU time (all threads) spent in the model, memory is the process' peak RSS, throughput is bits
-of model input (images and magnitudes) per wall-clock second (the reference's unit), samples
-per second are per wall-clock second of the whole run (reading included).
+of model input (images and magnitudes, as the files store them) per wall-clock second (the
+reference's unit: a reference file with float32 images and float64 magnitudes counts 164,160
+bits per sample), samples per second are per wall-clock second of the whole run (reading
+included).
+
+Partitions may hold float16, float32 or float64 tensors; they are read as float32 (see
+`partition_io`), so a float32 file is computed exactly as before and any other file exactly as
+its float32 cast. Messages and the record's `files` name each file by its label (the `s3://`
+object a rank downloaded, say), not by the temporary path it was read from.
 """
 
 from __future__ import annotations
@@ -145,10 +152,11 @@ class _Runner:
         self.pool = pool
         self._buffers = threading.local()
 
-    def run_file(self, path: Path, batch_size: int, totals: _Totals) -> None:
-        """Read one partition, predict every sample, add to `totals`; nothing outlives the call."""
+    def run_file(self, path: Path, label: str, batch_size: int, totals: _Totals) -> None:
+        """Read one partition (named `label` in messages), predict every sample, add to
+        `totals`; nothing outlives the call."""
         start = time.perf_counter()
-        part = read_partition(path)
+        part = read_partition(path, name=label)
         totals.load_s += time.perf_counter() - start
         count = len(part)
         self._check_shape(part)
@@ -165,7 +173,7 @@ class _Runner:
         totals.samples += count
         totals.padded += -count % self.micro_batch
         totals.batches += math.ceil(count / batch_size)
-        totals.input_bytes += part.images.nbytes + part.magnitudes.nbytes
+        totals.input_bytes += part.input_bytes
         if part.redshifts is None:
             totals.true = None
         elif totals.true is not None:
@@ -174,7 +182,7 @@ class _Runner:
     def _check_shape(self, part: Partition) -> None:
         if tuple(part.images.shape[1:]) != self.shape:
             raise CosmicAIError(
-                f"{part.path}: images are {list(part.images.shape[1:])} per sample but the "
+                f"{part.name}: images are {list(part.images.shape[1:])} per sample but the "
                 f"engine expects {list(self.shape)}"
             )
 
@@ -205,18 +213,23 @@ def run_inference(
     files: Sequence[Path],
     config: EngineConfig,
     *,
+    labels: Sequence[str] | None = None,
     data_path_label: str | None = None,
     result_path: str | None = None,
 ) -> InferenceResult:
     """Predict a redshift for every sample of `files` (in order) and describe the run.
 
-    `data_path_label` is recorded as `data_path` (default: the file path, or the list of paths);
+    `labels` name the files in messages and the record's `files` (default: their paths);
+    `data_path_label` is recorded as `data_path` (default: the label, or the list of labels);
     `result_path` is recorded as given. Raises CosmicAIError for bad settings or data.
     """
     config.validate()
     files = [Path(f) for f in files]
     if not files:
         raise CosmicAIError("no partition files to run inference on; give at least one file")
+    names = [str(f) for f in files] if labels is None else list(labels)
+    if len(names) != len(files):
+        raise ValueError(f"{len(names)} labels for {len(files)} files")
     threads, micro_batch = config.resolved_threads(), config.resolved_micro_batch()
     device = torch.device(config.device)
     loaded.model.to(device).eval()
@@ -229,15 +242,15 @@ def run_inference(
     pool = ThreadPoolExecutor(workers, thread_name_prefix="engine") if workers > 1 else None
     try:
         runner = _Runner(loaded, micro_batch, device, pool)
-        for path in files:
-            runner.run_file(path, config.batch_size, totals)
+        for path, name in zip(files, names, strict=True):
+            runner.run_file(path, name, config.batch_size, totals)
     finally:
         if pool is not None:
             pool.shutdown()
         torch.set_num_threads(previous_threads)
     wall_s = time.perf_counter() - start
-    label = data_path_label or (str(files[0]) if len(files) == 1 else [str(f) for f in files])
-    record = _record(totals, wall_s, config, loaded, files, threads, micro_batch)
+    label = data_path_label or (names[0] if len(names) == 1 else names)
+    record = _record(totals, wall_s, config, loaded, names, threads, micro_batch)
     record.update(result_path=result_path, data_path=label)
     return InferenceResult(totals.predictions, totals.true, record)
 
@@ -247,7 +260,7 @@ def _record(
     wall_s: float,
     config: EngineConfig,
     loaded: LoadedModel,
-    files: list[Path],
+    files: list[str],
     threads: int,
     micro_batch: int,
 ) -> dict[str, Any]:
@@ -269,7 +282,7 @@ def _record(
         "num_batches": totals.batches,
         "batch_size": config.batch_size,
         "device": config.device,
-        # bits of model input per second, as the reference computes it (not bytes)
+        # bits of model input (as stored) per second, as the reference computes it (not bytes)
         "throughput_bps": 8 * totals.input_bytes / wall_s if wall_s > 0 else 0.0,
         "sample_persec": per_s,
         "result_path": None,
@@ -287,6 +300,6 @@ def _record(
         "model_trained": loaded.trained,
         "model_source": loaded.source,
         "threads": threads,
-        "files": [str(f) for f in files],
+        "files": files,
         "metrics": metrics,
     }

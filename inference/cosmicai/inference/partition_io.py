@@ -3,19 +3,25 @@
 Two formats, chosen by suffix:
 
 * ``.safetensors`` — ours: tensors ``images``, ``magnitudes`` and (labelled data only)
-  ``redshifts``, all float32, with metadata ``format: cosmicai-partition/1`` and ``samples``.
+  ``redshifts``, written as float32, with metadata ``format: cosmicai-partition/1`` and ``samples``.
   Read without pickle and memory-mapped, so opening a file costs little memory until batches
   are touched.
 * ``.pt`` — the reference format: ``torch.save(TensorDataset(images, magnitudes, redshifts))``
   (two tensors for unlabelled data; a tuple, list or dict of the same tensors is accepted too).
   Read with ``torch.load(weights_only=True)`` and ``TensorDataset`` as the only extra allowed
-  global; anything else is refused unless the caller passes ``trust_pickle=True``.
+  global; anything else is refused unless the caller passes ``trust_pickle=True``. The
+  weights-only unpickler already admits the storages of every dtype (``torch.FloatStorage``,
+  ``DoubleStorage``, ``HalfStorage`` with ``torch._utils._rebuild_tensor_v2``), so float64 and
+  float16 files need nothing more; other dtypes load and are then refused by validation.
 
-Validation rules (read and write): exact shapes, float32 only, one sample count for all
-tensors, and finite magnitudes and redshifts (a NaN there silently poisons a prediction, so the
-file is refused with the first bad sample named). Images are not scanned for NaN: that would
-read every byte of a memory-mapped file. Reference ``.pt`` files may store redshifts as [N, 1];
-they are read as [N].
+Validation rules (read and write): exact shapes, float16, float32 or float64 tensors (the
+reference's files hold float64 magnitudes and redshifts), converted to float32 (float32 tensors
+are kept as they are, memory-mapped; others are converted in memory), one sample count for all
+tensors, and finite values in every tensor after conversion (a NaN silently poisons a
+prediction, so the file is refused with the first bad sample and the count named; images are
+scanned in chunks of samples). Reference ``.pt`` files may store redshifts as [N, 1]; they are
+read as [N]. Messages name the file as the caller labels it (``read_partition(..., name=)``),
+e.g. the ``s3://`` object a rank downloaded to a temporary file.
 
 Writes are atomic (a temporary file in the target directory, fsynced, then ``os.replace``).
 :class:`PartitionWriter` streams a ``.safetensors`` partition chunk by chunk, so producers
@@ -50,21 +56,31 @@ IMAGE_BYTES = BANDS * IMAGE_SIZE * IMAGE_SIZE * 4
 SAMPLE_BYTES = IMAGE_BYTES + BANDS * 4 + 4
 """Bytes per labelled sample: image, five magnitudes, one redshift (all float32)."""
 
+ACCEPTED_DTYPES = (torch.float16, torch.float32, torch.float64)
+"""Dtypes accepted in partitions; tensors are converted to float32 on read and write."""
 SUFFIXES = (".safetensors", ".pt")
 _REQUIRED = ("images", "magnitudes")
 _NAMES = (*_REQUIRED, "redshifts")
 _ROW_SHAPES = {"images": IMAGE_SHAPE, "magnitudes": (BANDS,), "redshifts": ()}
 _SAFETENSORS_SUFFIX = ".safetensors"
+_SCAN_ROWS = 256
+"""Samples checked for NaN/inf at a time (bounds the scan's temporary memory)."""
 
 
 @dataclass(frozen=True, eq=False)
 class Partition:
-    """One partition file's tensors (memory-mapped when read from disk)."""
+    """One partition file's float32 tensors (memory-mapped when read from disk and float32).
+
+    `name` is how messages name the file; `input_bytes` is the size of images and magnitudes
+    as the file stores them (before conversion to float32).
+    """
 
     images: Tensor
     magnitudes: Tensor
     redshifts: Tensor | None
     path: Path
+    name: str
+    input_bytes: int
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -74,109 +90,149 @@ def _shape(shape: tuple[int, ...] | torch.Size) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def check_tensors(images: Any, magnitudes: Any, redshifts: Any, where: str | Path) -> None:
-    """Raise DataFormatError (prefixed with `where`) unless the tensors form a valid partition."""
-    tensors = {"images": images, "magnitudes": magnitudes, "redshifts": redshifts}
+def _dtype_names(dtypes: tuple[torch.dtype, ...]) -> str:
+    names = [str(dtype) for dtype in dtypes]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _checked(name: str, tensor: Any, where: str | Path) -> Tensor:
+    """`tensor` as float32, or DataFormatError unless its type, dtype and row shape fit `name`."""
+    if not isinstance(tensor, Tensor):
+        raise DataFormatError(
+            f"{where}: {name} is a {type(tensor).__name__}, expected a torch.Tensor"
+        )
+    if tensor.dtype not in ACCEPTED_DTYPES:
+        raise DataFormatError(
+            f"{where}: {name} has dtype {tensor.dtype}; accepted dtypes are "
+            f"{_dtype_names(ACCEPTED_DTYPES)} (read as float32); convert with .float()"
+        )
+    row = _ROW_SHAPES[name]
+    if tensor.dim() != 1 + len(row) or tuple(tensor.shape[1:]) != row:
+        raise DataFormatError(
+            f"{where}: {name} has shape {_shape(tensor.shape)}, expected {_shape(('N', *row))}"
+        )
+    return tensor.to(torch.float32)  # the tensor itself when it is float32 already
+
+
+def _non_finite(tensor: Tensor) -> tuple[int, int]:
+    """How many samples hold a NaN or inf, and the first of them (-1 if none)."""
+    count, first = 0, -1
+    for start in range(0, len(tensor), _SCAN_ROWS):
+        rows = tensor[start : start + _SCAN_ROWS]
+        bad = ~torch.isfinite(rows).reshape(len(rows), -1).all(dim=1)
+        found = int(bad.sum())
+        if found and first < 0:
+            first = start + int(bad.nonzero()[0, 0])
+        count += found
+    return count, first
+
+
+def validated_tensors(
+    images: Any, magnitudes: Any, redshifts: Any, where: str | Path
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The tensors as float32, or DataFormatError (prefixed with `where`) unless they form a
+    valid partition (see the module doc)."""
+    given = {"images": images, "magnitudes": magnitudes, "redshifts": redshifts}
+    tensors = {
+        name: _checked(name, tensor, where)
+        for name, tensor in given.items()
+        if tensor is not None or name != "redshifts"
+    }
+    count = tensors["images"].shape[0]
     for name, tensor in tensors.items():
-        if tensor is None and name == "redshifts":
-            continue
-        if not isinstance(tensor, Tensor):
-            raise DataFormatError(
-                f"{where}: {name} is a {type(tensor).__name__}, expected a torch.Tensor"
-            )
-        if tensor.dtype != torch.float32:
-            raise DataFormatError(
-                f"{where}: {name} has dtype {tensor.dtype}, expected torch.float32 "
-                f"(convert with .float())"
-            )
-        row = _ROW_SHAPES[name]
-        if tensor.dim() != 1 + len(row) or tuple(tensor.shape[1:]) != row:
-            raise DataFormatError(
-                f"{where}: {name} has shape {_shape(tensor.shape)}, expected {_shape(('N', *row))}"
-            )
-    count = images.shape[0]
-    for name in ("magnitudes", "redshifts"):
-        tensor = tensors[name]
-        if tensor is None:
-            continue
         if tensor.shape[0] != count:
             raise DataFormatError(
                 f"{where}: images has {count} samples but {name} has {tensor.shape[0]}; "
                 "every tensor needs one row per sample"
             )
-        finite = torch.isfinite(tensor)
-        bad = ~(finite.all(dim=1) if finite.dim() > 1 else finite)
-        if bool(bad.any()):
-            first = int(bad.nonzero()[0, 0])
+    for name, tensor in tensors.items():
+        bad, first = _non_finite(tensor)
+        if bad:
+            overflow = (
+                " (or values beyond float32's range)" if given[name].dtype == torch.float64 else ""
+            )
             raise DataFormatError(
-                f"{where}: {name} contain NaN or inf in {int(bad.sum())} sample(s), first at "
+                f"{where}: {name} contain NaN or inf{overflow} in {bad} sample(s), first at "
                 f"sample {first}; drop or impute those samples and write the partition again"
             )
+    return tensors["images"], tensors["magnitudes"], tensors.get("redshifts")
 
 
-def check_suffix(path: Path) -> None:
-    """Raise DataFormatError unless `path` names a supported partition format."""
+def check_suffix(path: Path, where: str | Path | None = None) -> None:
+    """Raise DataFormatError (prefixed with `where`, default `path`) unless `path` names a
+    supported partition format."""
     if path.suffix not in SUFFIXES:
         raise DataFormatError(
-            f"{path}: unsupported suffix {path.suffix or '(none)'!r}; expected .safetensors "
-            "(CosmicAI format) or .pt (reference TensorDataset)"
+            f"{where or path}: unsupported suffix {path.suffix or '(none)'!r}; expected "
+            ".safetensors (CosmicAI format) or .pt (reference TensorDataset)"
         )
 
 
-def read_partition(path: str | Path, *, trust_pickle: bool = False) -> Partition:
-    """Read and validate one partition file (format chosen by suffix)."""
+def read_partition(
+    path: str | Path, *, trust_pickle: bool = False, name: str | None = None
+) -> Partition:
+    """Read and validate one partition file (format chosen by suffix) as float32 tensors.
+
+    `name` is how messages name the file (default: `path`), e.g. the object it was downloaded
+    from.
+    """
     path = Path(path)
-    check_suffix(path)
+    where = name or str(path)
+    check_suffix(path, where)
     if not path.exists():
-        raise DataFormatError(f"{path}: no such file; check the path (make one with make-data)")
+        raise DataFormatError(f"{where}: no such file; check the path (make one with make-data)")
     if not path.is_file():
-        raise DataFormatError(f"{path}: is not a regular file; expected a partition file")
+        raise DataFormatError(f"{where}: is not a regular file; expected a partition file")
     if path.suffix == _SAFETENSORS_SUFFIX:
-        images, magnitudes, redshifts = _read_safetensors(path)
+        stored = _read_safetensors(path, where)
     else:
-        images, magnitudes, redshifts = _read_pt(path, trust_pickle)
-    return Partition(images, magnitudes, redshifts, path)
+        stored = _read_pt(path, trust_pickle, where)
+    images, magnitudes, redshifts = validated_tensors(*stored, where)
+    input_bytes = stored[0].nbytes + stored[1].nbytes
+    return Partition(images, magnitudes, redshifts, path, where, input_bytes)
 
 
-def _read_safetensors(path: Path) -> tuple[Tensor, Tensor, Tensor | None]:
+def _read_safetensors(path: Path, where: str) -> tuple[Any, Any, Any]:
+    """The file's tensors as stored (validated by the caller)."""
     try:
         with safe_open(path, framework="pt") as handle:
             metadata = handle.metadata() or {}
             names = set(handle.keys())
-            _check_names(path, names)
+            _check_names(where, names)
             tensors = {name: handle.get_tensor(name) for name in names}
     except SafetensorError as err:
         raise DataFormatError(
-            f"{path}: cannot be read as safetensors ({err}); the file is corrupt or truncated, "
+            f"{where}: cannot be read as safetensors ({err}); the file is corrupt or truncated, "
             "re-create or re-download it"
         ) from err
     found = metadata.get("format")
     if found != FORMAT_ID:
         raise DataFormatError(
-            f"{path}: metadata format is {found!r}, expected {FORMAT_ID!r}; write partitions with "
-            "`cosmicai partition` or cosmicai.inference.partition_io.write_partition"
+            f"{where}: metadata format is {found!r}, expected {FORMAT_ID!r}; write partitions "
+            "with `cosmicai partition` or cosmicai.inference.partition_io.write_partition"
         )
-    images, magnitudes, redshifts = (tensors.get(name) for name in _NAMES)
-    check_tensors(images, magnitudes, redshifts, path)
-    if metadata.get("samples") != str(len(images)):
+    images = tensors["images"]
+    held = images.shape[0] if images.dim() else None
+    if metadata.get("samples") != str(held):
         raise DataFormatError(
-            f"{path}: metadata says {metadata.get('samples')} samples but images holds "
-            f"{len(images)}; the file is inconsistent, re-create it"
+            f"{where}: metadata says {metadata.get('samples')} samples but images holds "
+            f"{held}; the file is inconsistent, re-create it"
         )
-    return images, magnitudes, redshifts
+    return images, tensors["magnitudes"], tensors.get("redshifts")
 
 
-def _check_names(path: Path, names: set[str]) -> None:
+def _check_names(where: str, names: set[str]) -> None:
     missing = [name for name in _REQUIRED if name not in names]
     unknown = sorted(names - set(_NAMES))
     if missing or unknown:
         raise DataFormatError(
-            f"{path}: holds tensors {sorted(names)}; expected images, magnitudes and optionally "
+            f"{where}: holds tensors {sorted(names)}; expected images, magnitudes and optionally "
             f"redshifts (missing: {missing or 'none'}, unexpected: {unknown or 'none'})"
         )
 
 
-def _read_pt(path: Path, trust_pickle: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+def _read_pt(path: Path, trust_pickle: bool, where: str) -> tuple[Any, Any, Any]:
+    """The file's tensors as stored (validated by the caller)."""
     mmap = zipfile.is_zipfile(path)  # legacy (pre-zip) torch files cannot be memory-mapped
     try:
         if trust_pickle:
@@ -189,17 +245,17 @@ def _read_pt(path: Path, trust_pickle: bool) -> tuple[Tensor, Tensor, Tensor | N
             unsafe = _unsafe_globals(path)
             if unsafe:
                 raise DataFormatError(
-                    f"{path}: refusing to unpickle: the file needs Python globals outside the "
+                    f"{where}: refusing to unpickle: the file needs Python globals outside the "
                     f"allow-list ({', '.join(unsafe)}), and loading it could run arbitrary code. "
                     "If you trust the file, pass trust_pickle=True (CLI: --trust-pickle), or "
                     "convert it once to .safetensors with `cosmicai partition`"
                 ) from err
         raise DataFormatError(
-            f"{path}: cannot be loaded as a torch file ({type(err).__name__}: "
+            f"{where}: cannot be loaded as a torch file ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else 'no detail'}); the file is corrupt or "
             "truncated, re-create or re-download it"
         ) from err
-    return _tensors_from_object(path, obj)
+    return _tensors_from_object(where, obj)
 
 
 def _unsafe_globals(path: Path) -> list[str]:
@@ -211,24 +267,23 @@ def _unsafe_globals(path: Path) -> list[str]:
         return []
 
 
-def _tensors_from_object(path: Path, obj: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+def _tensors_from_object(where: str, obj: Any) -> tuple[Any, Any, Any]:
     expected = "a TensorDataset(images, magnitudes[, redshifts]) or a tuple, list or dict of them"
     if isinstance(obj, TensorDataset):
         items = tuple(obj.tensors)
     elif isinstance(obj, dict):
-        _check_names(path, {str(key) for key in obj})
+        _check_names(where, {str(key) for key in obj})
         items = tuple(obj[name] for name in _NAMES if name in obj)
     elif isinstance(obj, tuple | list):
         items = tuple(obj)
     else:
-        raise DataFormatError(f"{path}: holds a {type(obj).__name__}; expected {expected}")
+        raise DataFormatError(f"{where}: holds a {type(obj).__name__}; expected {expected}")
     if len(items) not in (2, 3):
-        raise DataFormatError(f"{path}: holds {len(items)} tensors; expected {expected}")
+        raise DataFormatError(f"{where}: holds {len(items)} tensors; expected {expected}")
     images, magnitudes = items[0], items[1]
     redshifts = items[2] if len(items) == 3 else None
     if isinstance(redshifts, Tensor) and redshifts.dim() == 2 and redshifts.shape[1] == 1:
         redshifts = redshifts.reshape(-1)
-    check_tensors(images, magnitudes, redshifts, path)
     return images, magnitudes, redshifts
 
 
@@ -296,8 +351,8 @@ class PartitionWriter:
         self._file.handle.write(struct.pack("<Q", len(raw)) + raw)
 
     def write(self, images: Tensor, magnitudes: Tensor, redshifts: Tensor | None = None) -> None:
-        """Append a chunk of samples (validated like a whole partition)."""
-        check_tensors(images, magnitudes, redshifts, self.path)
+        """Append a chunk of samples (validated and converted like a whole partition)."""
+        images, magnitudes, redshifts = validated_tensors(images, magnitudes, redshifts, self.path)
         if (redshifts is not None) != self.labelled:
             state = "labelled" if self.labelled else "unlabelled"
             raise DataFormatError(
@@ -352,10 +407,11 @@ def _own_storage(tensor: Tensor) -> Tensor:
 def write_partition(
     path: str | Path, images: Tensor, magnitudes: Tensor, redshifts: Tensor | None = None
 ) -> int:
-    """Validate and atomically write one partition (format by suffix); return bytes written."""
+    """Validate and atomically write one float32 partition (format by suffix); return bytes
+    written."""
     path = Path(path)
     check_suffix(path)
-    check_tensors(images, magnitudes, redshifts, path)
+    images, magnitudes, redshifts = validated_tensors(images, magnitudes, redshifts, path)
     if path.suffix == _SAFETENSORS_SUFFIX:
         with PartitionWriter(path, len(images), labelled=redshifts is not None) as writer:
             writer.write(images, magnitudes, redshifts)

@@ -4,6 +4,10 @@
 written row range by row range with :class:`PartitionWriter`, so memory does not grow with the
 dataset. Sizes are in MiB (2**20 bytes) and counted as ``SAMPLE_BYTES`` per sample, so every
 file but the last holds exactly ``floor(size_mb * 2**20 / SAMPLE_BYTES)`` samples.
+
+Sources may hold float16, float32 or float64 tensors (the reference's files have float64
+magnitudes and redshifts); partitions are always float32. A source's non-float32 tensors are
+converted in memory when it is opened (for float64 magnitudes, 20 bytes per sample).
 """
 
 from __future__ import annotations

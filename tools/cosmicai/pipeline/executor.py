@@ -124,6 +124,7 @@ def run_engine(s3: Any, task: RankTask, paths: list[Path]) -> dict[str, Any]:
     from cosmicai.inference.engine import EngineConfig, run_inference
 
     settings = task.settings
+    sources = [f"s3://{f['bucket']}/{f['key']}" for f in task.files]  # names in data errors
     loaded = _cached_model(
         _model_path(s3, task),
         settings.get("model_size") or "full",
@@ -138,7 +139,8 @@ def run_engine(s3: Any, task: RankTask, paths: list[Path]) -> dict[str, Any]:
             threads=settings.get("threads"),
             device=settings.get("device") or "cpu",
         ),
-        data_path_label=",".join(f"s3://{f['bucket']}/{f['key']}" for f in task.files),
+        labels=sources,
+        data_path_label=",".join(sources),
         result_path=settings.get("result_path"),
     )
     return {**result.record, "predictions": result.predictions, "true_redshift": result.true}
