@@ -159,28 +159,39 @@ def test_code_pickle_is_refused_without_trust(tmp_path: Path, legacy: bool) -> N
     message = str(err.value)
     assert str(path) in message and "pickled Python code" in message
     assert "arbitrary code" in message
-    assert '"trust_pickle": true' in message and "--trust-pickle" in message
+    assert '"trust_pickle": true' in message and "--trust-pickle" not in message  # no such flag
     assert not marker.exists()
 
 
-def test_whole_model_pickle_needs_trust(tmp_path: Path, model: AstroMAE) -> None:
+@pytest.mark.parametrize("trust", [False, True])
+def test_whole_model_pickle_loads_without_trust(
+    tmp_path: Path, model: AstroMAE, trust: bool
+) -> None:
     path = tmp_path / "published.pt"
     torch.save(nn.DataParallel(model), path)
-    with pytest.raises(CheckpointError, match=r"DataParallel.*arbitrary code"):
-        load_model(path)
-    _assert_same_model(load_model(path, trust_pickle=True), model, path)
+    loaded = load_model(path, trust_pickle=trust)  # its config comes from the pickled model
+    _assert_same_model(loaded, model, path)
+    assert loaded.mapping is not None and loaded.mapping.renamed == {
+        "module. -> (none)": len(model.state_dict())
+    }
 
 
-def test_trusted_bare_module_pickle(tmp_path: Path, model: AstroMAE) -> None:
+def test_bare_module_pickle(tmp_path: Path, model: AstroMAE) -> None:
     path = tmp_path / "bare.pth"
     torch.save(model, path)
-    _assert_same_model(load_model(path, trust_pickle=True), model, path)
+    _assert_same_model(load_model(path), model, path)
 
 
 def test_trusted_foreign_module_is_used_as_is(tmp_path: Path) -> None:
     other = MagnitudeOnly().eval()
     path = tmp_path / "other.pt"
     torch.save(nn.DataParallel(other), path)
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    message = str(err.value)
+    assert "unexpected key(s): fc.bias, fc.weight" in message
+    assert "whole pickled torch.nn.parallel.data_parallel.DataParallel" in message
+    assert "cosmicai model import" in message and '"trust_pickle": true' in message
     loaded = load_model(path, trust_pickle=True)
     assert isinstance(loaded.model, MagnitudeOnly) and loaded.parameters == 6
     assert torch.equal(_predict(loaded.model), _predict(other))

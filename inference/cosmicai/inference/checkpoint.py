@@ -1,7 +1,9 @@
 """Load AstroMAE weights safely (safetensors, weights-only torch files) and save them atomically.
 
-Whole pickled models, the form the published AstroMAE checkpoints take, can run arbitrary code
-when unpickled, so they load only when the caller passes `trust_pickle=True`.
+Whole pickled models, the form the published AstroMAE checkpoints take, could run arbitrary code
+if unpickled normally: their tensors are read without running any of it (reference_checkpoint)
+and mapped to our names. Only other pickles, which need their own code, load with
+`trust_pickle=True`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ from torch import nn
 from cosmicai.inference.errors import CheckpointError, CosmicAIError
 from cosmicai.inference.model import AstroMAE, AstroMAEConfig, build_model, count_parameters
 from cosmicai.inference.partition_io import AtomicFile
+from cosmicai.inference.reference_checkpoint import (
+    KeyMapping,
+    NotAPickledModule,
+    PickledModel,
+    read_pickled_model,
+    to_our_names,
+)
 
 FORMAT = "cosmicai-astromae/1"
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -32,22 +41,14 @@ _LISTED_KEYS = 5  # how many offending keys an error message names
 _SCAN_LIMIT = 64 * 1024 * 1024  # bytes of a non-zip pickle inspected to explain a refusal
 _IMPORT_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST"}
 _OPT_IN = (
-    'Only if you trust where the file came from, opt in with "trust_pickle": true in '
-    "payload.json or --trust-pickle on the command line (load_model(..., trust_pickle=True)), "
-    "then convert it once to .safetensors with save_checkpoint."
+    'Only if you trust where the file came from, set "trust_pickle": true in payload.json '
+    "(Python: load_model(..., trust_pickle=True)), then convert it once to .safetensors with "
+    "save_checkpoint."
 )
-
-# Published AstroMAE (a ViT_Astro module) state_dict prefix -> ours; None drops the entry.
-_PUBLISHED_MARKER = "inception_model.magnitude_block.0.weight"
-_PUBLISHED_PREFIXES: tuple[tuple[str, str | None], ...] = (
-    ("inception_model.conv2d_init.", None),  # the stem conv again, also at vis_inception.0
-    ("inception_model.vis_inception.8.branch3.", None),  # built but never run (no 5x5 branch)
-    ("inception_model.vis_inception.", "inception."),
-    ("inception_model.magnitude_block.", "magnitude."),
-    ("vit_block.", "vit_mlp."),
-    ("concat_block.", "head."),
-    *((name, f"vit.{name}") for name in
-      ("patch_embed.", "cls_token", "pos_embed", "blocks.", "fc_norm.", "head.")),
+_FOREIGN = (
+    "It is a whole pickled {root}, read without running its code; the published AstroMAE "
+    "checkpoints convert with `cosmicai model import FILE --out MODEL.safetensors`. If it is "
+    'another model whose code you trust, set "trust_pickle": true in payload.json.'
 )
 
 
@@ -64,6 +65,7 @@ class LoadedModel:
     trained: bool
     source: str
     parameters: int
+    mapping: KeyMapping | None = None  # how the file's tensor names became ours
 
 
 def load_model(
@@ -77,9 +79,11 @@ def load_model(
     """Load a checkpoint, or build a seeded, untrained model when `checkpoint` is None.
 
     Files: `.safetensors` (config in the metadata), `.pt`/`.pth` holding a state_dict or the
-    `{"format", "config", "state_dict"}` wrapper (read with weights_only=True), or, only with
-    `trust_pickle`, a whole pickled model (DataParallel wrappers are unwrapped). `config` is used
-    for files that carry none; it must agree with a config stored in the file.
+    `{"format", "config", "state_dict"}` wrapper (read with weights_only=True), or a whole
+    pickled AstroMAE, published layout included (its tensors are read without running its code;
+    DataParallel wrappers are unwrapped). Only another pickled model, whose code must run, needs
+    `trust_pickle`. `config` is used for files that carry none; it must agree with a config
+    stored in the file.
     """
     if not isinstance(trust_pickle, bool):  # "false" or 1 must not unlock code execution
         raise CheckpointError(f"trust_pickle must be True or False, got {trust_pickle!r}")
@@ -94,19 +98,19 @@ def load_model(
         )
     suffix = path.suffix.lower()
     if suffix == SAFETENSORS_SUFFIX:
-        state, stored = _read_safetensors(path)
-    elif suffix in TORCH_SUFFIXES:
-        obj = _read_torch(path, trust_pickle)
-        if isinstance(obj, nn.Module):
-            return _from_module(obj, path, config, device)
-        state, stored = _unwrap_state(obj, path)
-    else:
-        raise CheckpointError(
-            f"checkpoint {path} has an unsupported suffix {path.suffix!r}; use "
-            f"{SAFETENSORS_SUFFIX} or {' / '.join(TORCH_SUFFIXES)}"
-        )
-    config = _choose_config(stored, config, path)
-    return _ready(_model_from_state(state, config, path), config, True, str(path), device)
+        return _from_state(*_read_safetensors(path), config, path, device)
+    if suffix in TORCH_SUFFIXES:
+        try:
+            with warnings.catch_warnings():  # a refused plain pickle is explained instead
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for foreign or corrupt files
+            return _from_pickle(path, config, trust_pickle, device, err)
+        return _from_state(*_unwrap_state(obj, path), config, path, device)
+    raise CheckpointError(
+        f"checkpoint {path} has an unsupported suffix {path.suffix!r}; use "
+        f"{SAFETENSORS_SUFFIX} or {' / '.join(TORCH_SUFFIXES)}"
+    )
 
 
 def save_checkpoint(model: AstroMAE, path: str | Path) -> Path:
@@ -133,8 +137,26 @@ def save_checkpoint(model: AstroMAE, path: str | Path) -> Path:
     return path
 
 
+def _from_state(
+    state: dict[str, torch.Tensor],
+    stored: dict[str, Any] | None,
+    requested: AstroMAEConfig | None,
+    path: Path,
+    device: str,
+) -> LoadedModel:
+    config = _choose_config(stored, requested, path)
+    state, mapping = to_our_names(state)
+    model = _model_from_state(state, config, path)
+    return _ready(model, config, True, str(path), device, mapping)
+
+
 def _ready(
-    model: nn.Module, config: AstroMAEConfig, trained: bool, source: str, device: str
+    model: nn.Module,
+    config: AstroMAEConfig,
+    trained: bool,
+    source: str,
+    device: str,
+    mapping: KeyMapping | None = None,
 ) -> LoadedModel:
     try:
         model = model.to(device)
@@ -143,7 +165,7 @@ def _ready(
             f"cannot place the model on device {device!r} ({_first_line(err)}); use 'cpu' or a "
             "device this machine has"
         ) from err
-    return LoadedModel(model.eval(), config, trained, source, count_parameters(model))
+    return LoadedModel(model.eval(), config, trained, source, count_parameters(model), mapping)
 
 
 def _first_line(err: BaseException) -> str:
@@ -177,28 +199,44 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     return state, stored
 
 
-def _read_torch(path: Path, trust_pickle: bool) -> Any:
+def _from_pickle(
+    path: Path, config: AstroMAEConfig | None, trust_pickle: bool, device: str, refused: Exception
+) -> LoadedModel:
+    """A pickle the weights-only loader refused: a whole pickled AstroMAE loads without running
+    its code; anything else needs `trust_pickle` (`refused` explains why it was refused)."""
     try:
-        with warnings.catch_warnings():  # a refused plain pickle is explained below instead
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for foreign or corrupt files
-        safe_error = err
+        pickled: PickledModel | None = read_pickled_model(path)
+    except NotAPickledModule:
+        pickled = None
+    if pickled is not None:
+        try:
+            return _from_state(pickled.state, pickled.config, config, path, device)
+        except CheckpointError as err:
+            if not trust_pickle:
+                raise CheckpointError(f"{err}. {_FOREIGN.format(root=pickled.root)}") from err
     if not trust_pickle:
-        reason = _pickled_code(path, safe_error)
+        reason = _pickled_code(path, refused)
         if reason is None:
-            raise _unreadable(path, safe_error) from safe_error
+            raise _unreadable(path, refused) from refused
         raise CheckpointError(
             f"checkpoint {path} contains pickled Python code ({reason}); loading it can execute "
             f"arbitrary code. {_OPT_IN}"
-        ) from safe_error
+        ) from refused
+    obj = _unpickle(path)
+    if isinstance(obj, nn.Module):
+        return _from_module(obj, path, config, device)
+    return _from_state(*_unwrap_state(obj, path), config, path, device)
+
+
+def _unpickle(path: Path) -> Any:
+    """Full, code-running unpickling: only for files the caller trusts."""
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (ModuleNotFoundError, AttributeError) as err:
         raise CheckpointError(
             f"checkpoint {path} is a pickled model whose code cannot be imported here "
-            f"({_first_line(err)}); load it where that code is importable and save its "
-            "state_dict (or use save_checkpoint) to get a file that needs no code"
+            f"({_first_line(err)}), and its tensors do not fit AstroMAE; load it where that "
+            "code is importable and save its state_dict to get a file that needs no code"
         ) from err
     except Exception as err:
         raise _unreadable(path, err) from err
@@ -276,28 +314,9 @@ def _choose_config(
     return config
 
 
-def _normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip DataParallel's `module.` prefix; rename a published-layout state_dict to ours."""
-    if all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    if _PUBLISHED_MARKER not in state:
-        return state
-    renamed = {}
-    for key, value in state.items():
-        for old, new in _PUBLISHED_PREFIXES:
-            if key.startswith(old):
-                if new is not None:
-                    renamed[new + key.removeprefix(old)] = value
-                break
-        else:
-            renamed[key] = value
-    return renamed
-
-
 def _model_from_state(
     state: dict[str, torch.Tensor], config: AstroMAEConfig, path: Path
 ) -> AstroMAE:
-    state = _normalize_keys(state)
     with torch.device("meta"):
         model = AstroMAE(config)
     expected = model.state_dict()
@@ -311,8 +330,11 @@ def _model_from_state(
     if missing or unexpected or misshaped:
         problems = [
             f"{len(keys)} {label} key(s): {_listed(keys)}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                ("mis-shaped", misshaped))
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("mis-shaped", misshaped),
+            )
             if keys
         ]
         raise CheckpointError(
@@ -333,14 +355,10 @@ def _listed(keys: list[str]) -> str:
 def _from_module(
     module: nn.Module, path: Path, config: AstroMAEConfig | None, device: str
 ) -> LoadedModel:
-    """A trusted whole-model pickle: unwrap `.module`; convert the published layout to ours."""
+    """A trusted whole-model pickle of another module: unwrap `.module`, use it as is."""
     while isinstance(getattr(module, "module", None), nn.Module):
         module = module.module
     if isinstance(module, AstroMAE):
         chosen = _choose_config(module.config.to_dict(), config, path)
         return _ready(module, chosen, True, str(path), device)
-    state = module.state_dict()
-    if _PUBLISHED_MARKER in state:
-        chosen = config or AstroMAEConfig()
-        return _ready(_model_from_state(state, chosen, path), chosen, True, str(path), device)
     return _ready(module, config or AstroMAEConfig(), True, str(path), device)
