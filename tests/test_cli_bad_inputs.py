@@ -287,6 +287,22 @@ CASES: list[Case] = [
     case("bench", "pipeline", "--world-size", "0"),
     case("tune", "p.json", "--memory", "abc", "--batch-size", "8", files=payload()),
     case("tune", "p.json", "--memory", "1024", "--batch-size", "8", files=PAYLOAD_FILES["fifo"]),
+    case("import-results", "missing.json"),
+    *(
+        case("import-results", "c.json", "--name", "x", files={"c.json": content})
+        for content in (BINARY, FIFO, DIRECTORY, DEEP_LIST, HUGE_INT, TRUNCATED, "[]", "{}")
+    ),
+    case("import-results", "c.json", "--name", "x", files={"c.json": '[{"num_batches": "2"}]'}),
+    case("import-results", "c.json", "--name", "Bad Name", files={"c.json": '[{"device": "cpu"}]'}),
+    case(
+        "import-results",
+        "c.json",
+        "--name",
+        "x",
+        files={"c.json": '[{"device": "cpu"}]'},
+        ok=True,
+        says="unknown samples",
+    ),
 ]
 
 

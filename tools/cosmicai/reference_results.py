@@ -112,8 +112,14 @@ def slug(text: str) -> str:
 
 
 def imported_run_id(name: str) -> str:
-    """`imported-<name>`; CosmicAIError if that is not a valid run id."""
-    return check_run_id(f"imported-{name}"[:80].rstrip("-"))
+    """`imported-<name>`, checked like every run id."""
+    try:
+        return check_run_id(f"imported-{name}"[:80].rstrip("-"))
+    except CosmicAIError:
+        hint = f' (e.g. --name "{slug(name)}")' if slug(name) else ""
+        raise ReferenceImportError(
+            f"--name {name!r} cannot name a run: use lowercase letters, digits and hyphens{hint}"
+        ) from None
 
 
 def rank_records(records: list[dict[str, Any]], run_id: str) -> list[dict[str, Any]]:

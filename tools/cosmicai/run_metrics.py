@@ -343,14 +343,28 @@ class RunData:
         return len(self.items) or None
 
     @property
-    def samples(self) -> int:
+    def imported(self) -> dict[str, Any] | None:
+        """Where an imported past run came from (`cosmicai import-results`), else None."""
+        imported = self.execution.get("imported")
+        return imported if isinstance(imported, dict) else None
+
+    @property
+    def samples(self) -> int | None:
+        """Samples over the ranks; None (unknown) if a rank's record has no count."""
+        if any("samples" in r and r["samples"] is None for r in self.ranks):
+            return None
         return sum(int(r.get("samples") or 0) for r in self.ranks)
 
     @property
     def duration_s(self) -> float | None:
-        """Execution wall time, start to stop (None while running)."""
+        """Execution wall time, start to stop (None while running, or unknown: imported)."""
         start, stop = execution_window_ms(self.execution)
-        return None if stop is None else (stop - start) / 1000
+        return None if stop is None or self.imported else (stop - start) / 1000
+
+    def reference_figure(self, field: str) -> float | None:
+        """The largest value of a reference field over the ranks (None if none has it)."""
+        values = [r[field] for r in self.ranks if isinstance(r.get(field), int | float)]
+        return max(values, default=None)
 
     @property
     def started(self) -> str:
@@ -392,7 +406,8 @@ class RunData:
             "samples": self.samples,
             "duration_s": duration,
             "samples_per_s": per_s,
-            "batch_size": (self.payload or {}).get("batch_size"),
+            "batch_size": (self.payload or {}).get("batch_size")
+            or self.reference_figure("batch_size"),
             "executor_memory_mb": max((i.report.memory_size_mb for i in executor), default=None),
             "executor_max_used_mb": max(
                 (i.report.max_memory_used_mb for i in executor), default=None
@@ -402,7 +417,21 @@ class RunData:
             "failed_attempts": sum(self.attempt_failed(i) for i in self.invocations),
             "model_trained": (self.summary or {}).get("model_trained"),
             "metrics": {k: v for k, v in metrics.items() if k != "samples"} or None,
+            "imported": self.imported is not None,
+            "sample_persec_max": self.reference_figure("sample_persec"),
+            "cpu_time_s_max": self.reference_figure("total_cpu_time (seconds)"),
+            "cpu_memory_mb_max": self.reference_figure("total_cpu_memory (MB)"),
+            "cpu_memory_measure": self.cpu_memory_measure,
         }
+
+    @property
+    def cpu_memory_measure(self) -> str:
+        """What the ranks' `total_cpu_memory (MB)` measures."""
+        if self.imported:
+            return "memory profiler (reference run)"
+        if (self.payload or {}).get("mode") == "script":
+            return "what the script reported"
+        return "peak RSS"
 
 
 def load_run(store: RunStore, run_id: str, *, poll_s: float = 5.0) -> RunData:

@@ -26,6 +26,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "metrics": ("metrics",),
     "cost": ("cost",),
     "report": ("report", "runs", "compare", "tune"),
+    "import_results": ("import-results",),
     "bench": ("bench",),
 }
 # Which extra brings each third-party package a command may need.

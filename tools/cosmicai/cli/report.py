@@ -16,6 +16,7 @@ from cosmicai.cli.target_flags import add_target_flags, aws_target
 from cosmicai.cost import PRICES_ENV, WORKFLOWS, load_prices
 from cosmicai.inference.errors import CosmicAIError
 from cosmicai.payload import load_payload
+from cosmicai.reference_results import PROFILER_MEMORY_NOTE
 from cosmicai.report_html import write_html
 from cosmicai.run_cost import RunCost, cost_of_run
 from cosmicai.run_metrics import CloudRuns, LocalRuns, RunData, RunStore, load_run
@@ -65,6 +66,29 @@ COMPARE_ROWS = (
     ("failed attempts", "failed_attempts", "d"),
     ("cost USD", "cost_usd", ".6f"),
     ("model trained", "model_trained", "s"),
+    ("max sample_persec (a rank's)", "sample_persec_max", ".1f"),
+    ("max total_cpu_time (seconds)", "cpu_time_s_max", ".2f"),
+    ("max total_cpu_memory (MB)", "cpu_memory_mb_max", ".1f"),
+    ("  measured as", "cpu_memory_measure", "s"),
+)
+IMPORTED_COLUMNS = (
+    ("rank", "rank", "d"),
+    ("samples", "samples", "d"),
+    ("total_cpu_time (seconds)", "total_cpu_time (seconds)", ".2f"),
+    ("execution_time (seconds/batch)", "execution_time (seconds/batch)", ".3f"),
+    ("num_batches", "num_batches", "d"),
+    ("batch_size", "batch_size", "d"),
+    ("sample_persec", "sample_persec", ".1f"),
+    ("throughput_bps", "throughput_bps", ".0f"),
+    ("total_cpu_memory (MB) [profiler]", "total_cpu_memory (MB)", ".1f"),
+    ("device", "device", "s"),
+)
+IMPORTED_NOTES = (
+    PROFILER_MEMORY_NOTE,
+    "total_cpu_time (seconds) is the profiler's CPU time summed over operators, not wall-clock "
+    "time; execution_time (seconds/batch) is that time per batch; sample_persec and "
+    "throughput_bps (bits of images and magnitudes per second) are per second of it.",
+    "An imported run has no REPORT lines: no billed duration, memory used or cost.",
 )
 METRIC_NAMES = ("mae", "mse", "bias", "precision_nmad", "r2", "outlier_fraction")
 TUNE_COLUMNS = (
@@ -85,19 +109,22 @@ def store_for(args: argparse.Namespace, *, settle_s: float = 90.0) -> RunStore:
 
 def _load(
     store: RunStore, run_id: str, args: argparse.Namespace | None = None
-) -> tuple[RunData, RunCost]:
+) -> tuple[RunData, RunCost | None]:
+    """The run and its cost (None for an imported run: it left no REPORT lines to price)."""
     if store.kind == "aws" and store.settle_s:
         print("collecting REPORT lines from CloudWatch Logs...", file=sys.stderr, flush=True)
     data = load_run(store, run_id)
     prices = load_prices(getattr(args, "prices", None))
+    if data.imported:
+        return data, None
     return data, cost_of_run(data, prices, getattr(args, "workflow", None))
 
 
-def _overview(data: RunData, cost: RunCost) -> dict[str, Any]:
-    return {**data.overview(), "cost_usd": cost.total_usd}
+def _overview(data: RunData, cost: RunCost | None) -> dict[str, Any]:
+    return {**data.overview(), "cost_usd": None if cost is None else cost.total_usd}
 
 
-def report_dict(data: RunData, cost: RunCost) -> dict[str, Any]:
+def report_dict(data: RunData, cost: RunCost | None) -> dict[str, Any]:
     """Everything `report --json` prints."""
     return {
         "run_id": data.run_id,
@@ -110,13 +137,32 @@ def report_dict(data: RunData, cost: RunCost) -> dict[str, Any]:
         "invocations": [
             {**inv.to_dict(), "failed": data.attempt_failed(inv)} for inv in data.invocations
         ],
-        "cost": cost.to_dict(),
+        "cost": None if cost is None else cost.to_dict(),
+        "imported": data.imported,
+        "notes": list(IMPORTED_NOTES) if data.imported else [],
         "problems": data.problems,
     }
 
 
-def text_report(data: RunData, cost: RunCost) -> str:
+def imported_text(data: RunData) -> str:
+    """An imported reference run: its per-rank reference fields and what they measure."""
+    imported = data.imported or {}
+    samples = data.samples
+    lines = [
+        f"run {data.run_id}: IMPORTED past reference run ({imported.get('format')}, from "
+        f"{imported.get('source')}, imported {imported.get('imported_at')})",
+        "",
+        table(data.ranks, IMPORTED_COLUMNS),
+        "",
+        f"{data.world_size} ranks, {'unknown' if samples is None else samples} samples",
+    ]
+    return "\n".join(lines + [f"note: {note}" for note in IMPORTED_NOTES])
+
+
+def text_report(data: RunData, cost: RunCost | None) -> str:
     """The run's summary, its invocations and its cost as plain-text tables."""
+    if cost is None:
+        return imported_text(data)
     head = (
         summary_text(data.summary)
         if data.summary
@@ -189,6 +235,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print_json(rows)
     elif rows:
         print(table(rows, RUNS_COLUMNS))
+        if any(row.get("imported") for row in rows):
+            print(
+                f"imported-*: past reference runs, no cost (no REPORT lines). {IMPORTED_NOTES[0]}"
+            )
     else:
         print("no runs yet: start one with `cosmicai demo` or `cosmicai run PAYLOAD`")
     return 0
@@ -227,6 +277,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for row in rows
     ]
     print(table(cells, (("", "figure", "s"), (args.run_a, "a", "s"), (args.run_b, "b", "s"))))
+    if a.get("imported") or b.get("imported"):
+        print("\n".join(f"note: {note}" for note in IMPORTED_NOTES))
     return 0
 
 

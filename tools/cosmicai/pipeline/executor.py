@@ -7,10 +7,12 @@ partition files to local temporary storage, runs inference, and writes
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,8 +26,10 @@ from typing import Any
 from cosmicai.inference.errors import CosmicAIError
 from cosmicai.pipeline.layout import RunLayout
 from cosmicai.pipeline.s3objects import iter_objects, split_s3_uri
+from cosmicai.reference_results import reference_samples
 
 Log = Callable[..., None]
+STALE_SLACK_S = 5.0  # S3's LastModified has whole seconds; clocks differ a little
 
 
 class EphemeralStorageFull(CosmicAIError):
@@ -146,14 +150,19 @@ def run_engine(s3: Any, task: RankTask, paths: list[Path]) -> dict[str, Any]:
     return {**result.record, "predictions": result.predictions, "true_redshift": result.true}
 
 
-def _download_code(s3: Any, task: RankTask, into: Path) -> Path:
-    """Fetch S3_object_name (a folder prefix or one file) from the runs bucket."""
+def code_path(task: RankTask) -> Path:
+    """`<tmp>/<S3_object_name>`, where the reference executor put the code (/tmp on Lambda)."""
+    return Path(tempfile.gettempdir()) / task.settings["S3_object_name"].strip("/")
+
+
+def _download_code(s3: Any, task: RankTask, root: Path) -> None:
+    """Fetch S3_object_name (a folder prefix or one file) from the runs bucket to `root`."""
     name = task.settings["S3_object_name"].strip("/")
-    root = into / name
+    _remove_code(root)  # what an earlier rank of this environment may have left
     if task.settings.get("object_type") == "file":
         root.parent.mkdir(parents=True, exist_ok=True)
         s3.download_file(task.bucket, name, str(root))
-        return root.parent
+        return
     count = 0
     for obj in iter_objects(s3, task.bucket, name + "/"):
         target = root / obj["Key"][len(name) + 1 :]
@@ -162,55 +171,135 @@ def _download_code(s3: Any, task: RankTask, into: Path) -> Path:
         count += 1
     if count == 0:
         raise ScriptError(f"no objects under s3://{task.bucket}/{name}/ (S3_object_name)")
-    return root
+
+
+def _remove_code(root: Path) -> None:
+    """Remove downloaded code and the folders above it that it leaves empty (up to <tmp>)."""
+    if root.is_dir():
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        root.unlink(missing_ok=True)
+    tmp = Path(tempfile.gettempdir())
+    for parent in root.parents:
+        if parent == tmp or not parent.is_relative_to(tmp):
+            break
+        try:
+            parent.rmdir()
+        except OSError:  # not empty (or gone): keep what is not ours
+            break
+
+
+def script_env(task: RankTask, paths: list[Path], script: Path) -> dict[str, str]:
+    """The reference executor's variables (same names and meanings), then ours.
+
+    DATA_PATH is the rank's S3 key, or a JSON list of keys when it has several files (the
+    reference scripts read it as one key: one file per rank keeps them unchanged).
+    """
+    settings = task.settings
+    keys = [f["key"] for f in task.files]
+    data_bucket = settings.get("data_bucket") or (task.files[0]["bucket"] if task.files else "")
+    batch_size = str(settings.get("batch_size") or 512)
+    result_path = (settings.get("result_path") or "").strip("/")
+    return {
+        "S3_BUCKET": task.bucket,
+        "S3_OBJECT_NAME": settings["S3_object_name"],
+        "SCRIPT": str(script),
+        "S3_OBJECT_TYPE": settings.get("object_type") or "folder",
+        "WORLD_SIZE": str(task.world_size),
+        "RANK": str(task.rank),
+        "DATA_BUCKET": data_bucket,
+        "DATA_PREFIX": (settings.get("data_prefix") or "").strip("/"),
+        "DATA_PATH": keys[0] if len(keys) == 1 else json.dumps(keys),
+        "RESULT_PATH": result_path,
+        "BATCH_SIZE": batch_size,
+        "RUN_ID": task.run_id,
+        "BUCKET": task.bucket,
+        "DATA_PATHS": os.pathsep.join(str(p) for p in paths),
+    }
+
+
+def _run_in_own_group(command: list[str], cwd: Path, env: dict[str, str], logs: Path) -> int:
+    """Run `command` in its own session; wait for it alone, then kill what it left running.
+
+    Output goes to files, not pipes: a background child holding a pipe open would otherwise
+    keep the rank waiting for end-of-file until its timeout.
+    """
+    with (logs / "stdout").open("wb") as out, (logs / "stderr").open("wb") as err:
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+        try:
+            return process.wait()
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # nothing was left behind
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def reference_record(s3: Any, task: RankTask, env: dict[str, str], since: float) -> dict | None:
+    """The record the script wrote the reference way (`DATA_BUCKET/RESULT_PATH/<rank>.json`),
+    or None; one older than the script's start (a previous run's) is ignored."""
+    bucket, key = env["DATA_BUCKET"], f"{env['RESULT_PATH']}/{task.rank}.json"
+    try:
+        obj = s3.get_object(Bucket=bucket, Key=key)
+    except s3.exceptions.NoSuchKey:
+        return None
+    if obj["LastModified"].timestamp() < since - STALE_SLACK_S:
+        return None
+    try:
+        record = json.loads(obj["Body"].read())
+    except ValueError as exc:
+        raise ScriptError(f"s3://{bucket}/{key} written by the script is not JSON: {exc}") from exc
+    if not isinstance(record, dict):
+        raise ScriptError(f"s3://{bucket}/{key} written by the script is not a JSON object")
+    return record
 
 
 def run_script(
     s3: Any, task: RankTask, paths: list[Path], workdir: Path, log: Log
 ) -> dict[str, Any]:
-    """Run the student's script with the rank's environment; its JSON result joins the record.
+    """Run the student's script as the reference executor did; its result joins the record.
 
-    The function's own timeout bounds it: Lambda (or the local runtime) ends the whole
-    environment, script included, with "Task timed out after ..." for the rank.
+    The code is at `<tmp>/<S3_object_name>` and the script runs there with the reference's
+    variables (see `script_env`). A record it writes the reference way becomes the rank's
+    record (its fields at the top level, its sample count added when it has one); one written to
+    COSMICAI_RESULT_FILE lands under `script_result`. The function's own timeout bounds the
+    script: Lambda (or the local runtime) then ends the whole environment.
     """
-    code_root = _download_code(s3, task, workdir / "code")
-    script = code_root / task.settings["script"]
-    result_file = workdir / "result.json"
-    env = {
-        **os.environ,
-        "RANK": str(task.rank),
-        "WORLD_SIZE": str(task.world_size),
-        "RUN_ID": task.run_id,
-        "BUCKET": task.bucket,
-        "BATCH_SIZE": str(task.settings.get("batch_size") or 512),
-        "DATA_PATHS": os.pathsep.join(str(p) for p in paths),
-        "RESULT_PATH": task.settings.get("result_path") or "",
-        "COSMICAI_RESULT_FILE": str(result_file),
-    }
-    env.update(_communication_env(task, workdir))
-    started = time.perf_counter()
-    completed = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=script.parent,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    for stream, text in (("stdout", completed.stdout), ("stderr", completed.stderr)):
-        for line in text.splitlines():
-            log("script output", stream=stream, line=line)
-    if completed.returncode != 0:
-        tail = "\n".join(completed.stderr.strip().splitlines()[-5:])
+    code = code_path(task)
+    try:
+        _download_code(s3, task, code)
+        is_file = task.settings.get("object_type") == "file"
+        folder = code.parent if is_file else code  # the cwd, as in the reference
+        script = code if is_file else code / task.settings["script"]
+        result_file = workdir / "result.json"
+        env = {**os.environ, **script_env(task, paths, script)}
+        env["COSMICAI_RESULT_FILE"] = str(result_file)
+        env.update(_communication_env(task, workdir))
+        since, started = time.time(), time.perf_counter()
+        status = _run_in_own_group([sys.executable, str(script)], folder, env, workdir)
+        wall_s = time.perf_counter() - started
+    finally:
+        _remove_code(code)
+    stderr = _log_output(workdir, log)
+    if status != 0:
+        tail = "\n".join(stderr.strip().splitlines()[-5:])
         raise ScriptError(
-            f"script {task.settings['script']} exited with status {completed.returncode} on "
+            f"script {task.settings['script']} exited with status {status} on "
             f"rank {task.rank}: {tail or '(no stderr)'}"
         )
-    record: dict[str, Any] = {
-        "script": task.settings["script"],
-        "wall_s": time.perf_counter() - started,
-    }
+    record: dict[str, Any] = {}
+    reference = reference_record(s3, task, env, since)
+    if reference is not None:
+        samples, source = reference_samples(reference)
+        record.update(reference, samples=samples, samples_source=source)
+    record.update(script=task.settings["script"], wall_s=wall_s)
     if result_file.exists():
         try:
             record["script_result"] = json.loads(result_file.read_text())
@@ -219,6 +308,16 @@ def run_script(
                 f"COSMICAI_RESULT_FILE written by the script is not JSON: {exc}"
             ) from exc
     return record
+
+
+def _log_output(workdir: Path, log: Log) -> str:
+    """Log the script's output line by line; returns its stderr."""
+    texts = {}
+    for stream in ("stdout", "stderr"):
+        texts[stream] = (workdir / stream).read_text(errors="replace")
+        for line in texts[stream].splitlines():
+            log("script output", stream=stream, line=line)
+    return texts["stderr"]
 
 
 def _communication_env(task: RankTask, workdir: Path) -> dict[str, str]:
