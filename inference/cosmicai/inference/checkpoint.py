@@ -46,9 +46,8 @@ _OPT_IN = (
     "save_checkpoint."
 )
 _FOREIGN = (
-    "It is a whole pickled {root}, read without running its code; the published AstroMAE "
-    "checkpoints convert with `cosmicai model import FILE --out MODEL.safetensors`. If it is "
-    'another model whose code you trust, set "trust_pickle": true in payload.json.'
+    "It is a whole pickled {root}, read without running its code; if it is another model "
+    'whose code you trust, set "trust_pickle": true in payload.json.'
 )
 
 
@@ -339,8 +338,9 @@ def _model_from_state(
         ]
         raise CheckpointError(
             f"checkpoint {path} does not match the AstroMAE config ({'; '.join(problems)}); "
-            "load it with the config it was trained with (files written by save_checkpoint "
-            "carry their config)"
+            'load it with the config it was trained with (payload.json "model_size", '
+            "`cosmicai model import --model-size`; files written by save_checkpoint carry "
+            "their config)"
         )
     model.to_empty(device="cpu")
     model.load_state_dict(state)

@@ -28,6 +28,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "report": ("report", "runs", "compare", "tune"),
     "import_results": ("import-results",),
     "bench": ("bench",),
+    "model": ("model",),
 }
 # Which extra brings each third-party package a command may need.
 PACKAGE_EXTRAS = {
