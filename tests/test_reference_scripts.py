@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
+import torch
 
 from cosmicai.defaults import FunctionSettings
+from cosmicai.inference.partition_io import write_partition
 from cosmicai.localcloud.cloud import LocalCloud
 from cosmicai.localcloud.mirror import LocalS3Mirror
 from cosmicai.localcloud.session import upload_inputs
@@ -20,6 +23,7 @@ from cosmicai.payload import validate_payload
 from cosmicai.runner import follow, read_json, start_run
 from cosmicai.target import Target
 
+EXAMPLE = Path(__file__).parents[1] / "examples" / "reference_script"
 CODE = "scripts/Anomaly Detection"  # the reference's folder name, space included
 REFERENCE_VARIABLES = (
     "S3_BUCKET",
@@ -90,6 +94,17 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> LocalS3Mirror:
         path = mirror.path("cosmicai-runs", key)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+    generator = torch.Generator().manual_seed(0)
+    for i, n in enumerate((5, 4)):
+        write_partition(
+            mirror.path("cosmicai-data", f"small/part-{i:05d}.safetensors"),
+            torch.rand(n, 5, 32, 32, generator=generator),
+            torch.rand(n, 5, generator=generator) * 5 + 18,
+            torch.rand(n, generator=generator),
+        )
+    example = mirror.path("cosmicai-runs", "scripts/example/Inference/inference.py")
+    example.parent.mkdir(parents=True)
+    example.write_text((EXAMPLE / "Inference" / "inference.py").read_text())
     return mirror
 
 
@@ -97,6 +112,11 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> LocalS3Mirror:
 def cloud():
     with LocalCloud() as cloud:
         yield cloud
+
+
+@pytest.fixture(scope="module")
+def target(cloud: LocalCloud) -> Target:
+    return cloud.deploy()
 
 
 def _run(target: Target, mirror: LocalS3Mirror, **settings) -> tuple[str, dict, list]:
@@ -113,17 +133,16 @@ def _run(target: Target, mirror: LocalS3Mirror, **settings) -> tuple[str, dict, 
     upload_inputs(target, payload, mirror)
     run_id, arn = start_run(target, payload)
     execution = follow(target, run_id, arn, payload.bucket, payload.world_size, poll_s=0.5)
-    assert execution["status"] == "SUCCEEDED", execution
     s3 = target.client("s3")
     summary = read_json(s3, payload.bucket, f"runs/{run_id}/summary.json")
+    assert execution["status"] == "SUCCEEDED", json.dumps(summary or execution, default=str)
     combined = read_json(s3, payload.bucket, f"{payload.result_path}/combined_data.json")
     return run_id, summary, combined
 
 
 def test_reference_script_sees_the_reference_contract(
-    cloud: LocalCloud, mirror: LocalS3Mirror
+    target: Target, mirror: LocalS3Mirror
 ) -> None:
-    target = cloud.deploy()
     _, summary, combined = _run(
         target,
         mirror,
@@ -182,3 +201,23 @@ def test_background_child_does_not_hold_the_rank(cloud: LocalCloud, mirror: Loca
     assert time.monotonic() - started < 25  # a held rank would time out after 30 s
     # no reference record and no sample count: unknown, not 0
     assert summary["samples"] is None and summary["samples_unknown_ranks"] == [0]
+
+
+def test_the_worked_example_runs_unchanged(target: Target, mirror: LocalS3Mirror) -> None:
+    settings = json.loads((EXAMPLE / "payload.json").read_text())
+    settings.update(
+        S3_object_name="scripts/example",
+        script="/tmp/scripts/example/Inference/inference.py",
+        data_prefix="small",
+        file_limit=2,
+        world_size=1,  # one rank, two files: DATA_PATH is a JSON list
+        batch_size=4,
+        result_path="results/example",
+    )
+    _, summary, (entry,) = _run(target, mirror, **settings)
+    assert entry["num_samples"] == 9 and entry["num_batches"] == 3 and entry["samples"] == 9
+    assert entry["data_path"] == json.dumps(
+        ["small/part-00000.safetensors", "small/part-00001.safetensors"]
+    )
+    assert entry["sample_persec"] > 0 and entry["model_trained"] is False
+    assert summary["samples"] == 9

@@ -282,6 +282,7 @@ def run_script(
         env = {**os.environ, **script_env(task, paths, script)}
         env["COSMICAI_RESULT_FILE"] = str(result_file)
         env.update(_communication_env(task, workdir))
+        env["PYTHONPATH"] = _with_cosmicai(env.get("PYTHONPATH"))
         since, started = time.time(), time.perf_counter()
         status = _run_in_own_group([sys.executable, str(script)], folder, env, workdir)
         wall_s = time.perf_counter() - started
@@ -308,6 +309,17 @@ def run_script(
                 f"COSMICAI_RESULT_FILE written by the script is not JSON: {exc}"
             ) from exc
     return record
+
+
+def _with_cosmicai(pythonpath: str | None) -> str:
+    """PYTHONPATH with the folders this executor imports cosmicai from, so a script can use
+    `cosmicai.inference` wherever the executor's code lives (the image's venv, or a task
+    folder the runtime put on sys.path)."""
+    import cosmicai
+
+    roots = [str(Path(entry).parent) for entry in cosmicai.__path__]
+    paths = dict.fromkeys([*roots, *(pythonpath or "").split(os.pathsep)])
+    return os.pathsep.join(path for path in paths if path)
 
 
 def _log_output(workdir: Path, log: Log) -> str:
