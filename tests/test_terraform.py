@@ -584,6 +584,10 @@ def _resource_patterns(directory: Path, resources: list[str] | str) -> list[str]
     """Resource ARNs with `[for p in var.X : "...${p}"]` expanded over X's default."""
     if isinstance(resources, list):
         return resources
+    if resources in ("${local.data_object_arns}", "${local.reference_record_arns}"):
+        # both are built over var.data_sources, which has no default sources
+        assert named(directory, "variable")["data_sources"]["default"] == []
+        return []
     found = re.fullmatch(r'\$\{\[for (\w+) in var\.(\w+) : "(.+)"\]\}', resources)
     assert found, f"cannot expand {resources}"
     item, variable, template = found.groups()
@@ -610,6 +614,10 @@ def test_s3_access_is_scoped_to_each_function_s_prefixes() -> None:
         ("init", "s3:GetObject", "runs/r1/payload.json"): True,
         ("init", "s3:PutObject", "runs/r1/items.json"): True,
         ("init", "s3:PutObject", "runs/r1/ranks/00000.json"): False,
+        ("init", "s3:PutObject", "runs/r1/items-redrive-2.json"): True,
+        ("init", "s3:GetObject", "runs/r1/ranks/00000.json"): True,
+        ("init", "s3:DeleteObject", "runs/r1/failures/00001.json"): True,
+        ("init", "s3:DeleteObject", "runs/r1/ranks/00001.json"): False,
         ("executor", "s3:PutObject", "runs/r1/ranks/00000.json"): True,
         ("executor", "s3:PutObject", "runs/r1/fmi/x0_send_1"): True,
         ("executor", "s3:GetObject", "code/train.py"): True,

@@ -3,6 +3,9 @@ locals {
   state_machine_arn = "arn:${local.partition}:states:${local.region}:${local.account_id}:stateMachine:${var.state_machine_name}"
   # Partition files: listed by init, read by init and the executor.
   data_object_arns = [for d in var.data_sources : "arn:${local.partition}:s3:::${d.bucket}/${d.prefix}*"]
+  reference_record_arns = distinct(flatten([
+    for d in var.data_sources : [for p in var.result_prefixes : "arn:${local.partition}:s3:::${d.bucket}/${p}"]
+  ]))
 }
 
 data "aws_iam_policy_document" "lambda_assume" {
@@ -108,7 +111,36 @@ data "aws_iam_policy_document" "init" {
     sid       = "WriteItems"
     effect    = "Allow"
     actions   = ["s3:PutObject"]
-    resources = ["${local.runs_bucket_arn}/runs/*/items.json"]
+    resources = ["${local.runs_bucket_arn}/runs/*/items.json", "${local.runs_bucket_arn}/runs/*/items-redrive-*.json"]
+  }
+
+  # A redrive (`cosmicai redrive`) plans only the ranks without a result: it reads the run's
+  # items and rank records and removes the old failure records of the ranks it re-runs.
+  statement {
+    sid       = "ReadRunForRedrive"
+    effect    = "Allow"
+    actions   = ["s3:GetObject"]
+    resources = ["${local.runs_bucket_arn}/runs/*/items.json", "${local.runs_bucket_arn}/runs/*/ranks/*"]
+  }
+
+  statement {
+    sid       = "ListRanksForRedrive"
+    effect    = "Allow"
+    actions   = ["s3:ListBucket"]
+    resources = [local.runs_bucket_arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["runs/*/ranks/*"]
+    }
+  }
+
+  statement {
+    sid       = "ClearRedrivenFailures"
+    effect    = "Allow"
+    actions   = ["s3:DeleteObject"]
+    resources = ["${local.runs_bucket_arn}/runs/*/failures/*"]
   }
 }
 
@@ -127,6 +159,18 @@ data "aws_iam_policy_document" "executor" {
     effect    = "Allow"
     actions   = ["s3:PutObject"]
     resources = ["${local.runs_bucket_arn}/runs/*/ranks/*"]
+  }
+
+  # Reference-executor scripts write their record to DATA_BUCKET/RESULT_PATH/<rank>.json
+  # themselves; the executor reads it back as the rank's record (result prefixes only).
+  dynamic "statement" {
+    for_each = length(local.reference_record_arns) == 0 ? [] : ["records"]
+    content {
+      sid       = "ReferenceScriptRecords"
+      effect    = "Allow"
+      actions   = ["s3:PutObject", "s3:GetObject"]
+      resources = local.reference_record_arns
+    }
   }
 
   statement {
