@@ -49,9 +49,10 @@ def summary_text(summary: dict[str, Any]) -> str:
     """The per-rank table and the aggregate figures of a run summary."""
     lines = [table(summary.get("ranks") or [], RANK_COLUMNS), ""]
     totals = summary.get("totals") or {}
+    samples = "unknown" if summary["samples"] is None else summary["samples"]
     lines.append(
         f"run {summary['run_id']}: {summary['status'].upper()} — {summary['ranks_succeeded']}/"
-        f"{summary['world_size']} ranks, {summary['samples'] if summary['samples'] is not None else 'unknown'} samples"
+        f"{summary['world_size']} ranks, {samples} samples"
         + (
             f", {totals['samples_per_s']:.1f} samples/s overall"
             if totals.get("samples_per_s")
