@@ -34,6 +34,7 @@ CODE_PACKAGES = (
     "cosmicai.pipeline",
     "cosmicai.inference",
     "cosmicai.comm",
+    "cosmicai.compat",  # the timm shim reference scripts import (package data)
     "cosmicai.rendezvous",  # the executor probes the rendezvous before communicating scripts
 )
 PLATFORMS = {"x86_64": "manylinux2014_x86_64", "arm64": "manylinux2014_aarch64"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
 import json
 import os
 import shutil
@@ -282,7 +283,7 @@ def run_script(
         env = {**os.environ, **script_env(task, paths, script)}
         env["COSMICAI_RESULT_FILE"] = str(result_file)
         env.update(_communication_env(task, workdir))
-        env["PYTHONPATH"] = _with_cosmicai(env.get("PYTHONPATH"))
+        env["PYTHONPATH"] = _script_pythonpath(env.get("PYTHONPATH"), folder, script)
         since, started = time.time(), time.perf_counter()
         status = _run_in_own_group([sys.executable, str(script)], folder, env, workdir)
         wall_s = time.perf_counter() - started
@@ -311,14 +312,20 @@ def run_script(
     return record
 
 
-def _with_cosmicai(pythonpath: str | None) -> str:
-    """PYTHONPATH with the folders this executor imports cosmicai from, so a script can use
-    `cosmicai.inference` wherever the executor's code lives (the image's venv, or a task
-    folder the runtime put on sys.path)."""
+def _script_pythonpath(pythonpath: str | None, folder: Path, script: Path) -> str:
+    """A script's PYTHONPATH: the folders this executor imports cosmicai from (the image's venv,
+    or a task folder the runtime put on sys.path), the given entries, and last the timm shim of
+    `cosmicai.compat` unless a timm of the script's own is in its folder, beside it or installed
+    (the script's folder, sys.path[0], comes before PYTHONPATH anyway)."""
     import cosmicai
+    from cosmicai.compat import timm_pythonpath
 
     roots = [str(Path(entry).parent) for entry in cosmicai.__path__]
-    paths = dict.fromkeys([*roots, *(pythonpath or "").split(os.pathsep)])
+    own_timm = importlib.util.find_spec("timm") is not None or any(
+        (place / name).exists() for place in (folder, script.parent) for name in ("timm", "timm.py")
+    )
+    shim = [] if own_timm else [str(timm_pythonpath())]
+    paths = dict.fromkeys([*roots, *(pythonpath or "").split(os.pathsep), *shim])
     return os.pathsep.join(path for path in paths if path)
 
 
