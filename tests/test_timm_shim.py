@@ -168,3 +168,18 @@ def test_a_bundled_timm_is_not_shadowed(tmp_path: Path, where: str) -> None:
     script = tmp_path / "Inference" / "inference.py"
     (script.parent / "timm" if where == "beside" else tmp_path / "timm").mkdir(parents=True)
     assert str(SHIM) not in _script_pythonpath(None, tmp_path, script).split(os.pathsep)
+
+
+def test_an_old_pickled_gelu_runs_as_exact_gelu() -> None:
+    """torch < 1.12 pickled nn.GELU without `approximate`; the shim's Mlp restores it."""
+    code = """
+import pickle, torch
+from timm.models.layers import Mlp
+mlp = Mlp(4, hidden_features=8).eval()
+x = torch.randn(3, 4)
+expected = mlp(x)
+del mlp.act.approximate  # as an old torch pickled it
+restored = pickle.loads(pickle.dumps(mlp))
+print((restored(x) - expected).abs().max().item())
+"""
+    assert float(_python(code)) == 0.0
