@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import threading
 import time
 import zipfile
@@ -226,10 +227,12 @@ def test_concurrent_environments_never_hold_more_cpus_than_the_machine(
 
 
 def test_each_environment_has_a_tmp_of_its_own(cloud: LocalCloud) -> None:
-    from cosmicai.localcloud.lambda_runtime import _can_make_tmp_views
+    from cosmicai.localcloud import worker
+    from cosmicai.localcloud.lambda_runtime import tmp_view
+    from cosmicai.localcloud.runtimes import cache_root
 
-    if not _can_make_tmp_views():
-        pytest.skip("this machine allows no mount namespaces")
+    if not tmp_view(Path("/unused"), [worker.__file__, sys.prefix, str(cache_root())]):
+        pytest.skip("no /tmp views here: no mount namespaces, or the project lives under /tmp")
     results: list[dict] = []
     threads = [
         threading.Thread(target=lambda: results.append(invoke(cloud, "tmp_view", {})[1]))

@@ -234,12 +234,26 @@ if os.geteuid() != 0:
     _UNSHARE[1:1] = ["--user", "--map-root-user"]
 
 
-def tmp_view(tmpdir: Path) -> list[str]:
+def tmp_view(tmpdir: Path, needed: list[str]) -> list[str]:
     """The command prefix that shows a worker `tmpdir` as its /tmp, as Lambda gives every
-    environment a /tmp of its own (empty where mount namespaces are not allowed)."""
-    if not _can_make_tmp_views():
+    environment a /tmp of its own. Empty (the machine's /tmp is shared) where mount namespaces
+    are not allowed, or where what the worker runs (`needed`: its interpreter, code, packages)
+    lives under /tmp itself, which the view would hide."""
+    hidden = [p for p in needed for q in (p, os.path.realpath(p)) if q.startswith("/tmp/")]
+    if hidden or not _can_make_tmp_views():
+        if hidden:
+            log.warning("environments share /tmp: %s lives under /tmp", hidden[0])
         return []
     return [*_UNSHARE, "sh", "-c", 'mount --bind "$0" /tmp && exec "$@"', str(tmpdir)]
+
+
+def _runs_from(task_root: Path, interpreter: Interpreter) -> list[str]:
+    """The paths a worker runs from: its code, the worker itself, its interpreter and packages
+    (and what the runtime's package links point at)."""
+    paths = [str(task_root), worker.__file__, interpreter.python, *interpreter.site_dirs]
+    for site in interpreter.site_dirs:
+        paths += [str(link.resolve()) for link in Path(site).iterdir() if link.is_symlink()]
+    return paths
 
 
 class LambdaRuntime:
@@ -389,10 +403,11 @@ class LambdaRuntime:
         tmpdir = self.workdir / "tmp" / uuid.uuid4().hex
         tmpdir.mkdir(parents=True)
         task_root, interpreter = self._task_root(config)
+        view = tmp_view(tmpdir, _runs_from(task_root, interpreter))
         read_fd, write_fd = os.pipe()
         process = subprocess.Popen(
             [
-                *tmp_view(tmpdir),
+                *view,
                 interpreter.python,
                 *interpreter.flags,
                 worker.__file__,
@@ -404,9 +419,7 @@ class LambdaRuntime:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env={
-                **self._lambda_env(
-                    config, stream, "/tmp" if tmp_view(tmpdir) else str(tmpdir), task_root
-                ),
+                **self._lambda_env(config, stream, "/tmp" if view else str(tmpdir), task_root),
                 "COSMICAI_WORKER_FD": str(write_fd),
                 "COSMICAI_RUNTIME_PID": str(os.getpid()),
             },
