@@ -79,6 +79,14 @@ print("started a background sleep")
 """
 
 
+PICKLE_SCRIPT = """
+import json, os, torch
+torch.save(torch.nn.Linear(2, 1), "whole_model.pt")  # like the published whole-model pickle
+model = torch.load("whole_model.pt")  # the reference's call, without weights_only
+json.dump({"loaded": type(model).__name__}, open(os.environ["COSMICAI_RESULT_FILE"], "w"))
+"""
+
+
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory: pytest.TempPathFactory) -> LocalS3Mirror:
     mirror = LocalS3Mirror(tmp_path_factory.mktemp("home"))
@@ -90,6 +98,7 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> LocalS3Mirror:
         (f"{CODE}/Inference/inference.py", REFERENCE_SCRIPT),
         (f"{CODE}/Plots/helper.txt", "a file beside the script\n"),
         ("scripts/background/job.py", BACKGROUND_SCRIPT),
+        ("scripts/pickle/job.py", PICKLE_SCRIPT),
     ):
         path = mirror.path("cosmicai-runs", key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,3 +230,23 @@ def test_the_worked_example_runs_unchanged(target: Target, mirror: LocalS3Mirror
     )
     assert entry["sample_persec"] > 0 and entry["model_trained"] is False
     assert summary["samples"] == 9
+
+
+def test_a_script_s_torch_load_of_a_whole_model_needs_trust_pickle(
+    target: Target, mirror: LocalS3Mirror
+) -> None:
+    settings = {"world_size": 1, "S3_object_name": "scripts/pickle", "script": "job.py"}
+    _, summary, combined = _run(
+        target, mirror, result_path="results/pickle-trusted", trust_pickle=True, **settings
+    )
+    assert combined[0]["script_result"] == {"loaded": "Linear"}
+    payload = validate_payload(
+        {"bucket": "cosmicai-runs", "data_bucket": "cosmicai-data", "data_prefix": "parts",
+         "result_path": "results/pickle-untrusted", **settings}
+    )  # fmt: skip
+    upload_inputs(target, payload, mirror)
+    run_id, arn = start_run(target, payload)
+    execution = follow(target, run_id, arn, payload.bucket, 1, poll_s=0.5)
+    summary = read_json(target.client("s3"), payload.bucket, f"runs/{run_id}/summary.json")
+    assert execution["status"] == "FAILED"
+    assert "default value of the `weights_only`" in summary["failed_ranks"][0]["cause"]
