@@ -23,7 +23,6 @@ from cosmicai.defaults import RANK_MAX_RETRIES
 from cosmicai.inference.errors import CosmicAIError
 from cosmicai.localcloud.cloud import LocalCloud
 from cosmicai.localcloud.mirror import LocalS3Mirror, MirrorClaims
-from cosmicai.localcloud.server import LOCAL_CREDENTIALS
 from cosmicai.localcloud.session import redrive_local, run_local
 from cosmicai.payload import Payload, validate_payload
 from cosmicai.pipeline.layout import RunLayout, result_claim_key
@@ -31,6 +30,7 @@ from cosmicai.report_html import render_html
 from cosmicai.run_cost import cost_of_run
 from cosmicai.run_metrics import LocalRuns, load_run
 from cosmicai.runner import step_functions_can_redrive
+from cosmicai.target import Target
 
 BUCKET = "cosmicai-runs"
 RESULT_PATH = "results/redrive"
@@ -283,38 +283,32 @@ def test_a_run_that_failed_in_init_is_planned_afresh(tmp_path: Path) -> None:
 
 
 def test_aws_code_path_redrives_with_a_new_execution(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, aws_standin: tuple[LocalCloud, Target], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`run/redrive/status/report --aws`: one state machine, S3 claims, CloudWatch Logs."""
-    monkeypatch.setenv("COSMICAI_HOME", str(tmp_path / "home"))
-    with LocalCloud() as cloud:
-        target = cloud.deploy()
-        monkeypatch.setenv("AWS_ENDPOINT_URL", cloud.endpoint_url)
-        for key, value in LOCAL_CREDENTIALS.items():
-            monkeypatch.setenv(key.upper(), value)
-        s3 = target.client("s3")
-        s3.create_bucket(Bucket="cosmicai-data")
-        for i in range(2):
-            s3.put_object(Bucket="cosmicai-data", Key=f"parts/part-{i}.safetensors", Body=b"x")
-        s3.put_object(Bucket=BUCKET, Key="code/job.py", Body=WAITS_FOR_MARKER.encode())
-        (tmp_path / "payload.json").write_text(json.dumps(_payload().to_dict()))
-        flags = ["--aws", "--state-machine-arn", target.state_machine_arn,
-                 "--bucket", BUCKET, "--region", cloud.region]  # fmt: skip
-        assert main(["run", str(tmp_path / "payload.json"), *flags, "--json"]) == 1
-        out = capsys.readouterr().out
-        run_id = json.loads(out[out.index("{") :])["summary"]["run_id"]
-        s3.put_object(Bucket=BUCKET, Key=f"runs/{run_id}/go", Body=b"go")
-        assert main(["resume", run_id, *flags, "--json"]) == 0
-        out = capsys.readouterr().out
-        result = json.loads(out[out.index("{") :])
-        assert result["execution"]["name"] == f"{run_id}-redrive-1"
-        assert result["summary"]["status"] == "succeeded"
-        assert main(["status", run_id, *flags, "--json"]) == 0
-        assert json.loads(capsys.readouterr().out)["execution_status"] == "SUCCEEDED"
-        assert main(["report", run_id, *flags, "--json"]) == 0
-        report = json.loads(capsys.readouterr().out)
-        assert main(["redrive", run_id, *flags]) == 1
-        assert "succeeded: nothing to redrive" in capsys.readouterr().err
+    cloud, target = aws_standin
+    s3 = target.client("s3")
+    for i in range(2):
+        s3.put_object(Bucket="cosmicai-data", Key=f"parts/part-{i}.safetensors", Body=b"x")
+    s3.put_object(Bucket=BUCKET, Key="code/job.py", Body=WAITS_FOR_MARKER.encode())
+    (tmp_path / "payload.json").write_text(json.dumps(_payload().to_dict()))
+    flags = ["--aws", "--state-machine-arn", target.state_machine_arn,
+             "--bucket", BUCKET, "--region", cloud.region]  # fmt: skip
+    assert main(["run", str(tmp_path / "payload.json"), *flags, "--json"]) == 1
+    out = capsys.readouterr().out
+    run_id = json.loads(out[out.index("{") :])["summary"]["run_id"]
+    s3.put_object(Bucket=BUCKET, Key=f"runs/{run_id}/go", Body=b"go")
+    assert main(["resume", run_id, *flags, "--json"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[out.index("{") :])
+    assert result["execution"]["name"] == f"{run_id}-redrive-1"
+    assert result["summary"]["status"] == "succeeded"
+    assert main(["status", run_id, *flags, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["execution_status"] == "SUCCEEDED"
+    assert main(["report", run_id, *flags, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert main(["redrive", run_id, *flags]) == 1
+    assert "succeeded: nothing to redrive" in capsys.readouterr().err
     executor = sorted(
         (i["rank"], i["attempt"], i["execution"], i["failed"])
         for i in report["invocations"]

@@ -50,50 +50,44 @@ def test_missing_state_or_outputs_are_actionable(tmp_path: Path) -> None:
 
 
 def test_aws_code_path_against_an_endpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, aws_standin: tuple[LocalCloud, Target], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`run/status/results --aws` with the local cloud standing in for AWS (AWS_ENDPOINT_URL)."""
-    monkeypatch.setenv("COSMICAI_HOME", str(tmp_path / "home"))
-    with LocalCloud() as cloud:
-        target = cloud.deploy()
-        monkeypatch.setenv("AWS_ENDPOINT_URL", cloud.endpoint_url)
-        for key, value in LOCAL_CREDENTIALS.items():
-            monkeypatch.setenv(key.upper(), value)
-        s3 = target.client("s3")
-        s3.create_bucket(Bucket="cosmicai-data")
-        s3.put_object(Bucket="cosmicai-data", Key="parts/part-00000.safetensors", Body=b"x")
-        script = (
-            "import json, os\njson.dump({'ok': 1}, open(os.environ['COSMICAI_RESULT_FILE'], 'w'))\n"
-        )
-        (tmp_path / "code").mkdir()
-        (tmp_path / "code" / "job.py").write_text(script)
-        payload = {
-            "bucket": "cosmicai-runs",
-            "data_bucket": "cosmicai-data",
-            "data_prefix": "parts",
-            "result_path": "results/aws-path",
-            "S3_object_name": "code",
-            "script": "job.py",
-        }
-        (tmp_path / "payload.json").write_text(json.dumps(payload))
-        flags = [
-            "--aws",
-            "--state-machine-arn", target.state_machine_arn,
-            "--bucket", "cosmicai-runs",
-            "--region", cloud.region,
-        ]  # fmt: skip
-        assert main(["upload", str(tmp_path / "code"), "s3://cosmicai-runs/code", *flags]) == 0
-        assert main(["run", str(tmp_path / "payload.json"), *flags, "--json"]) == 0
-        out = capsys.readouterr().out
-        summary = json.loads(out[out.index("{") :])["summary"]
-        assert summary["status"] == "succeeded"
-        assert main(["status", summary["run_id"], *flags, "--json"]) == 0
-        assert json.loads(capsys.readouterr().out)["execution_status"] == "SUCCEEDED"
-        assert main(["results", summary["run_id"], *flags, "--out", str(tmp_path / "r")]) == 0
-        combined = json.loads(
-            (tmp_path / "r" / summary["run_id"] / "combined_data.json").read_text()
-        )
-        assert combined[0]["script_result"] == {"ok": 1}
+    cloud, target = aws_standin
+    s3 = target.client("s3")
+    s3.put_object(Bucket="cosmicai-data", Key="parts/part-00000.safetensors", Body=b"x")
+    script = (
+        "import json, os\njson.dump({'ok': 1}, open(os.environ['COSMICAI_RESULT_FILE'], 'w'))\n"
+    )
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "job.py").write_text(script)
+    payload = {
+        "bucket": "cosmicai-runs",
+        "data_bucket": "cosmicai-data",
+        "data_prefix": "parts",
+        "result_path": "results/aws-path",
+        "S3_object_name": "code",
+        "script": "job.py",
+    }
+    (tmp_path / "payload.json").write_text(json.dumps(payload))
+    flags = [
+        "--aws",
+        "--state-machine-arn", target.state_machine_arn,
+        "--bucket", "cosmicai-runs",
+        "--region", cloud.region,
+    ]  # fmt: skip
+    assert main(["upload", str(tmp_path / "code"), "s3://cosmicai-runs/code", *flags]) == 0
+    assert main(["run", str(tmp_path / "payload.json"), *flags, "--json"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{") :])["summary"]
+    assert summary["status"] == "succeeded"
+    assert main(["status", summary["run_id"], *flags, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["execution_status"] == "SUCCEEDED"
+    assert main(["results", summary["run_id"], *flags, "--out", str(tmp_path / "r")]) == 0
+    combined = json.loads(
+        (tmp_path / "r" / summary["run_id"] / "combined_data.json").read_text()
+    )
+    assert combined[0]["script_result"] == {"ok": 1}
     assert not (tmp_path / "home" / "s3" / "cosmicai-runs").exists()  # nothing went local
 
 
