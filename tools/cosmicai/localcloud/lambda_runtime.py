@@ -23,6 +23,7 @@ instead: one CPU each, in turn.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import io
 import json
@@ -151,15 +152,37 @@ class _Environment:
             return 0.0
 
     def kill(self) -> None:
-        """Tear the environment down, with any processes the handler started (they outlive a
-        worker that was killed, so its process group is killed whether the worker lives)."""
+        """Tear the environment down, with every process the handler started: those in the
+        worker's process group (which outlive a worker that was killed) and those that left it
+        for a session of their own."""
+        try:
+            descendants = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
+        kill_all(descendants)
         self.process.wait()
         self.closed.wait(2)
         self.replies.close()
         if self.process.stdin:
             self.process.stdin.close()
+
+
+def kill_all(processes: list[psutil.Process]) -> None:
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+
+
+def become_subreaper() -> None:
+    """Have orphaned descendants (a killed environment's children) re-parented to this process
+    rather than to init, so `LambdaRuntime.shutdown` finds and ends them (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 class CpuPool:
@@ -326,11 +349,13 @@ class LambdaRuntime:
             log.exception("could not write %d log events to %s", len(events), config.log_group)
 
     def shutdown(self) -> None:
-        """Kill every environment (idle or busy)."""
+        """Kill every environment (idle or busy), and whatever their processes left behind
+        (orphans come to this process, the subreaper of its environments)."""
         with self._lock:
             envs, self._all, self._idle = list(self._all), set(), {}
         for env in envs:
             env.kill()
+        kill_all(psutil.Process().children(recursive=True))
 
     # -- environments -------------------------------------------------------------------
     def _function_config(self, function: str) -> FunctionConfig:

@@ -40,7 +40,7 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from cosmicai.defaults import LOCAL_ACCOUNT_CONCURRENCY
-from cosmicai.localcloud.lambda_runtime import InvokeResponse, LambdaRuntime
+from cosmicai.localcloud.lambda_runtime import InvokeResponse, LambdaRuntime, become_subreaper
 from cosmicai.rendezvous.server import RendezvousServer, ServerThread
 
 log = logging.getLogger("cosmicai.localcloud")
@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         '"message": "%(message)s"}',
     )
     args.workdir.mkdir(parents=True, exist_ok=True)
+    become_subreaper()
     server = LocalCloudServer(
         args.workdir, args.region, args.concurrency, args.rendezvous_protocol, args.communication
     )

@@ -219,6 +219,19 @@ def script_env(task: RankTask, paths: list[Path], script: Path) -> dict[str, str
     }
 
 
+# Runs argv[2:] so that it is killed when this process dies (Linux's parent-death signal,
+# which exec keeps): a script in a session of its own dies with its environment, as on Lambda.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, sys\n"
+    "prctl = getattr(ctypes.CDLL(None), 'prctl', None)\n"
+    "if prctl is not None:\n"
+    "    prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(137)  # the parent is already gone\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
 def _run_in_own_group(command: list[str], cwd: Path, env: dict[str, str], logs: Path) -> int:
     """Run `command` in its own session; wait for it alone, then kill what it left running.
 
@@ -288,7 +301,10 @@ def run_script(
             # torch >= 2.6 loads weights only: the script's torch.load unpickles as it did
             env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
         since, started = time.time(), time.perf_counter()
-        status = _run_in_own_group([sys.executable, str(script)], folder, env, workdir)
+        status = _run_in_own_group(
+            [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), sys.executable, str(script)],
+            folder, env, workdir,
+        )  # fmt: skip
         wall_s = time.perf_counter() - started
     finally:
         _remove_code(code)
