@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -259,3 +261,36 @@ def test_cuda_without_a_gpu_is_an_actionable_error(tmp_path: Path, tiny: LoadedM
 def test_no_files_is_an_actionable_error(tiny: LoadedModel) -> None:
     with pytest.raises(CosmicAIError, match="no partition files"):
         run_inference(tiny, [], EngineConfig())
+
+
+def test_files_may_arrive_one_by_one_and_waiting_for_them_is_not_engine_time(
+    tmp_path: Path, tiny: LoadedModel
+) -> None:
+    """A generator of paths (a rank's prefetching downloads): each file is asked for only once
+    the previous one is computed, predictions are those of the list, and the time spent waiting
+    for files stays out of `wall_s` and the rates."""
+    files = write_split(tmp_path, make_tensors(12), [5, 7])
+    labels = ["s3://b/part-0.safetensors", "s3://b/part-1.safetensors"]
+    config = EngineConfig(batch_size=4, threads=1)
+    asked: list[int] = []
+
+    def arriving() -> Iterator[Path]:
+        for path in files:
+            asked.append(len(asked))
+            time.sleep(0.3)  # the download
+            yield path
+
+    started = time.perf_counter()
+    streamed = run_inference(tiny, arriving(), config, labels=labels)
+    elapsed = time.perf_counter() - started
+    listed = run_inference(tiny, files, config, labels=labels)
+    assert asked == [0, 1]
+    assert streamed.predictions == listed.predictions and streamed.true == listed.true
+    assert streamed.record["files"] == labels and streamed.record["samples"] == 12
+    assert 0 < streamed.record["wall_s"] <= elapsed - 2 * 0.3
+    assert streamed.record["sample_persec"] == pytest.approx(12 / streamed.record["wall_s"])
+
+
+def test_no_files_from_a_generator_is_an_actionable_error(tiny: LoadedModel) -> None:
+    with pytest.raises(CosmicAIError, match="no partition files"):
+        run_inference(tiny, iter([]), EngineConfig())

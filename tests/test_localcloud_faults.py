@@ -185,7 +185,7 @@ def test_a_full_tmp_fails_the_rank_once_with_what_to_change(
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert "rank 0 failed: EphemeralStorageFull" in done.stderr
-    assert "no space left in the rank's temporary storage while downloading" in done.stderr
+    assert "the rank's temporary storage is too small for its partitions" in done.stderr
     assert "s3://cosmicai-data/big/part-0.safetensors" in done.stderr
     (run_dir,) = (home / "s3" / "cosmicai-runs" / "runs").iterdir()
     log = (run_dir / "logs" / "cosmicai-executor.jsonl").read_text()

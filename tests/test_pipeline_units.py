@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,11 @@ from moto import mock_aws
 from torch.utils.data import TensorDataset
 
 from cosmicai.asl import render_state_machine, template_variables
+from cosmicai.inference import engine
+from cosmicai.inference.engine import EngineConfig, run_inference
 from cosmicai.inference.errors import CosmicAIError, DataFormatError
-from cosmicai.pipeline.executor import run_rank
+from cosmicai.pipeline import executor
+from cosmicai.pipeline.executor import EphemeralStorageFull, run_rank
 from cosmicai.pipeline.init import NoDataError, assign_files
 from cosmicai.pipeline.layout import check_run_id, new_run_id
 from cosmicai.pipeline.summarize import _status
@@ -150,3 +156,127 @@ def test_rank_data_error_names_the_s3_object_and_is_never_retried(s3: Any, tmp_p
     variables = {name: 1 if name == "rank_max_retries" else "x" for name in template_variables()}
     never = retried_never(json.loads(render_state_machine(variables)))
     assert type(err.value).__name__ in never
+
+
+# --- an engine rank streams its partitions: next one downloaded while this one is computed ----
+
+
+def quiet(*args: object, **kwargs: object) -> None:
+    """A log that drops everything."""
+
+
+def rank_record(s3: Any, pointer: dict[str, Any]) -> dict[str, Any]:
+    body = s3.get_object(Bucket="cosmicai-runs", Key=pointer["result_key"])["Body"].read()
+    return json.loads(body)
+
+
+def test_rank_prefetches_the_next_partition_and_holds_at_most_two(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """File i+1 starts downloading before file i is computed; each file is deleted once used;
+    the predictions are those of the engine over the same files downloaded beforehand."""
+    keys = [f"parts/stream-{i}.pt" for i in range(4)]
+    for i, key in enumerate(keys):
+        reference_file(s3, tmp_path, key, 5 + 3 * i)
+    uris = [f"s3://cosmicai-data/{key}" for key in keys]
+    events: list[tuple[str, str]] = []
+    download_started = {key: threading.Event() for key in keys}
+    overlapped: list[bool] = []
+    held: list[int] = []
+    download, read = s3.download_file, engine.read_partition
+
+    def tracking_download(bucket: str, key: str, filename: str) -> None:
+        events.append(("download", key))
+        folder = Path(filename).parent
+        held.append(sum(1 for p in folder.iterdir() if "-stream-" in p.name))
+        download_started[key].set()
+        download(bucket, key, filename)
+        held.append(sum(1 for p in folder.iterdir() if "-stream-" in p.name))
+
+    def tracking_read(path: Path, *, name: str) -> Any:
+        index = uris.index(name)
+        if index > 0:
+            assert not any(Path(path).parent.glob(f"{index - 1:05d}-*")), "previous file kept"
+        events.append(("read", name))
+        if index + 1 < len(keys):  # the next download starts before this file is computed
+            overlapped.append(download_started[keys[index + 1]].wait(timeout=5))
+        return read(path, name=name)
+
+    monkeypatch.setattr(s3, "download_file", tracking_download)
+    monkeypatch.setattr(engine, "read_partition", tracking_read)
+    record = rank_record(s3, run_rank(s3, rank_event(keys), request_id="r-s", log=quiet))
+
+    assert [k for kind, k in events if kind == "download"] == keys
+    assert [n for kind, n in events if kind == "read"] == uris
+    assert overlapped == [True] * (len(keys) - 1)
+    assert max(held) <= 2
+    assert record["download_total_s"] > 0 and record["download_s"] > 0
+    local = [tmp_path / f"local-{i}.pt" for i in range(len(keys))]
+    for key, path in zip(keys, local, strict=True):
+        download("cosmicai-data", key, str(path))
+    loaded = executor._cached_model(None, "tiny", False, "cpu")
+    expected = run_inference(loaded, local, EngineConfig(batch_size=8, threads=1), labels=uris)
+    assert record["predictions"] == expected.predictions
+    assert record["samples"] == expected.record["samples"] and record["files"] == uris
+
+
+def test_stream_deletes_every_file_after_use(s3: Any, tmp_path: Path) -> None:
+    keys = ["parts/del-0.pt", "parts/del-1.pt"]
+    for key in keys:
+        reference_file(s3, tmp_path, key, 3)
+    folder = tmp_path / "rank"
+    folder.mkdir()
+    files = [{"bucket": "cosmicai-data", "key": key} for key in keys]
+    stream = executor.PartitionStream(s3, files, folder)
+    seen = [path.name for path in stream if path.exists()]
+    assert seen == ["00000-del-0.pt", "00001-del-1.pt"]
+    assert list(folder.iterdir()) == []
+
+
+def test_rank_refuses_partitions_larger_than_free_tmp_before_downloading(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = ["parts/big-0.pt", "parts/big-1.pt", "parts/big-2.pt"]
+    for key, n in zip(keys, (4, 12, 9), strict=True):
+        reference_file(s3, tmp_path, key, n)
+    sizes = [s3.head_object(Bucket="cosmicai-data", Key=k)["ContentLength"] for k in keys]
+    event = rank_event(keys)
+    event["item"]["files"][2]["size"] = sizes[2]  # as init records it; the others are HEADed
+    free = sizes[1] + sizes[2] - 1  # every file fits, but not the largest consecutive pair
+    usage = shutil.disk_usage(tempfile.gettempdir())
+    monkeypatch.setattr(executor.shutil, "disk_usage", lambda path: usage._replace(free=free))
+    downloads: list[str] = []
+    monkeypatch.setattr(s3, "download_file", lambda b, key, f: downloads.append(key))
+    with pytest.raises(EphemeralStorageFull) as err:
+        run_rank(s3, event, request_id="r-f", log=quiet)
+    mb = [f"{size / 2**20:.1f} MB" for size in sizes]
+    assert (
+        f"s3://cosmicai-data/{keys[1]} ({mb[1]}) with s3://cosmicai-data/{keys[2]} ({mb[2]}), "
+        f"prefetched while the other is computed, need {(sizes[1] + sizes[2]) / 2**20:.1f} MB"
+    ) in str(err.value)
+    assert f"({free / 2**20:.1f} MB free)" in str(err.value)
+    assert "executor_ephemeral_storage_mb" in str(err.value)
+    assert downloads == []
+    variables = {name: 1 if name == "rank_max_retries" else "x" for name in template_variables()}
+    assert "EphemeralStorageFull" in retried_never(json.loads(render_state_machine(variables)))
+
+
+def test_a_full_tmp_while_downloading_names_the_object(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = ["parts/full-0.pt", "parts/full-1.pt"]
+    for key in keys:
+        reference_file(s3, tmp_path, key, 3)
+    download = s3.download_file
+
+    def full_on_second(bucket: str, key: str, filename: str) -> None:
+        if key == keys[1]:  # the disk filled up meanwhile (fault injection on boto3)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        download(bucket, key, filename)
+
+    monkeypatch.setattr(s3, "download_file", full_on_second)
+    with pytest.raises(EphemeralStorageFull, match=(
+        "^no space left in the rank's temporary storage while downloading "
+        f"s3://cosmicai-data/{keys[1]}: "
+    )):  # fmt: skip
+        run_rank(s3, rank_event(keys), request_id="r-n", log=quiet)

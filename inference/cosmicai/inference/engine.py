@@ -30,6 +30,10 @@ Partitions may hold float16, float32 or float64 tensors; they are read as float3
 `partition_io`), so a float32 file is computed exactly as before and any other file exactly as
 its float32 cast. Messages and the record's `files` name each file by its label (the `s3://`
 object a rank downloaded, say), not by the temporary path it was read from.
+
+`files` may be any iterable, such as a generator that downloads each file while the previous one
+is computed: the time spent waiting for the next file is left out of `wall_s` (and so of the
+rates), which therefore measure the engine alone whether the files were ready or not.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import resource
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +132,7 @@ class _Totals:
     load_s: float = 0.0
     compute_s: float = 0.0
     cpu_s: float = 0.0
+    input_wait_s: float = 0.0
     predictions: list[float] = field(default_factory=list)
     true: list[float] | None = field(default_factory=list)
 
@@ -208,9 +213,21 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB else
 
 
+def _timed(files: Iterable[Path], totals: _Totals) -> Iterator[Path]:
+    """`files` as paths, adding the time spent waiting for each to `totals.input_wait_s`."""
+    source = iter(files)
+    while True:
+        start = time.perf_counter()
+        path = next(source, None)
+        totals.input_wait_s += time.perf_counter() - start
+        if path is None:
+            return
+        yield Path(path)
+
+
 def run_inference(
     loaded: LoadedModel,
-    files: Sequence[Path],
+    files: Iterable[Path],
     config: EngineConfig,
     *,
     labels: Sequence[str] | None = None,
@@ -219,17 +236,14 @@ def run_inference(
 ) -> InferenceResult:
     """Predict a redshift for every sample of `files` (in order) and describe the run.
 
+    `files` is consumed one file at a time, each only once the previous one is computed.
     `labels` name the files in messages and the record's `files` (default: their paths);
     `data_path_label` is recorded as `data_path` (default: the label, or the list of labels);
     `result_path` is recorded as given. Raises CosmicAIError for bad settings or data.
     """
     config.validate()
-    files = [Path(f) for f in files]
-    if not files:
-        raise CosmicAIError("no partition files to run inference on; give at least one file")
-    names = [str(f) for f in files] if labels is None else list(labels)
-    if len(names) != len(files):
-        raise ValueError(f"{len(names)} labels for {len(files)} files")
+    if isinstance(files, Sequence) and labels is not None and len(labels) != len(files):
+        raise ValueError(f"{len(labels)} labels for {len(files)} files")
     threads, micro_batch = config.resolved_threads(), config.resolved_micro_batch()
     device = torch.device(config.device)
     loaded.model.to(device).eval()
@@ -238,17 +252,23 @@ def run_inference(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1 if workers > 1 else threads)
     totals = _Totals()
+    names: list[str] = []
     start = time.perf_counter()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="engine") if workers > 1 else None
     try:
         runner = _Runner(loaded, micro_batch, device, pool)
-        for path, name in zip(files, names, strict=True):
+        paths = _timed(files, totals)
+        named = ((p, str(p)) for p in paths) if labels is None else zip(paths, labels, strict=True)
+        for path, name in named:
             runner.run_file(path, name, config.batch_size, totals)
+            names.append(name)
     finally:
         if pool is not None:
             pool.shutdown()
         torch.set_num_threads(previous_threads)
-    wall_s = time.perf_counter() - start
+    wall_s = time.perf_counter() - start - totals.input_wait_s
+    if not names:
+        raise CosmicAIError("no partition files to run inference on; give at least one file")
     label = data_path_label or (names[0] if len(names) == 1 else names)
     record = _record(totals, wall_s, config, loaded, names, threads, micro_batch)
     record.update(result_path=result_path, data_path=label)

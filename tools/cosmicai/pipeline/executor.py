@@ -1,7 +1,8 @@
 """The executor step: one rank's work, in engine mode or script mode.
 
 The rank works only from its own Map item (never re-reading the shared payload), downloads its
-partition files to local temporary storage, runs inference, and writes
+partition files to local temporary storage (in engine mode one ahead of the compute, each deleted
+once used; in script mode all first), runs inference, and writes
 `runs/<run_id>/ranks/<rank>.json` with one PutObject: a retried rank overwrites its own key.
 """
 
@@ -18,7 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -71,31 +73,113 @@ class RankTask:
             ) from exc
 
 
+def partition_path(into: Path, index: int, f: dict[str, Any]) -> Path:
+    """Where the rank's `index`-th partition goes: its order and file suffix kept."""
+    return into / f"{index:05d}-{Path(f['key']).name}"
+
+
+def download_partition(s3: Any, f: dict[str, Any], path: Path) -> float:
+    """Download one partition to `path`; returns the seconds it took."""
+    started = time.perf_counter()
+    try:
+        s3.download_file(f["bucket"], f["key"], str(path))
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        path.unlink(missing_ok=True)
+        problem = f"no space left in the rank's temporary storage while downloading {_uri(f)}"
+        raise ephemeral_storage_full(path.parent, problem) from err
+    return time.perf_counter() - started
+
+
 def download_files(s3: Any, files: list[dict[str, Any]], into: Path) -> list[Path]:
-    """Download the rank's partitions, keeping their order and file suffixes."""
-    paths = []
-    for index, f in enumerate(files):
-        path = into / f"{index:05d}-{Path(f['key']).name}"
-        try:
-            s3.download_file(f["bucket"], f["key"], str(path))
-        except OSError as err:
-            if err.errno != errno.ENOSPC:
-                raise
-            path.unlink(missing_ok=True)
-            doing = f"downloading s3://{f['bucket']}/{f['key']}"
-            raise ephemeral_storage_full(into, doing) from err
-        paths.append(path)
+    """Download all the rank's partitions (script mode: the script expects its files)."""
+    paths = [partition_path(into, index, f) for index, f in enumerate(files)]
+    for f, path in zip(files, paths, strict=True):
+        download_partition(s3, f, path)
     return paths
 
 
-def ephemeral_storage_full(tmp: Path, doing: str) -> EphemeralStorageFull:
-    """The error for a full /tmp, with its size and what to change."""
+@dataclass
+class PartitionStream:
+    """The rank's partitions in order, each downloaded while the previous one is computed.
+
+    Iterating yields one local path at a time; asking for the next deletes the previous one, so
+    the folder holds at most two partitions. `waited_s` is the time the consumer waited for
+    downloads, `download_s` the total download time (mostly hidden behind the compute).
+    """
+
+    s3: Any
+    files: list[dict[str, Any]]
+    into: Path
+    waited_s: float = 0.0
+    download_s: float = 0.0
+
+    def __iter__(self) -> Iterator[Path]:
+        if not self.files:
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
+            pending = pool.submit(self._fetch, 0)
+            for index in range(len(self.files)):
+                waiting = time.perf_counter()
+                path = pending.result()
+                self.waited_s += time.perf_counter() - waiting
+                if index + 1 < len(self.files):
+                    pending = pool.submit(self._fetch, index + 1)
+                try:
+                    yield path
+                finally:
+                    path.unlink(missing_ok=True)
+
+    def _fetch(self, index: int) -> Path:
+        path = partition_path(self.into, index, self.files[index])
+        self.download_s += download_partition(self.s3, self.files[index], path)
+        return path
+
+
+def check_storage(s3: Any, files: list[dict[str, Any]], into: Path, *, streamed: bool) -> None:
+    """Refuse, before any download, partitions that cannot fit in the free temporary storage:
+    all of them at once, or (`streamed`) the two largest consecutive ones."""
+    sizes = [_object_size(s3, f) for f in files]
+    if streamed:
+        spans = [range(i, min(i + 2, len(files))) for i in range(len(files))]
+    else:
+        spans = [range(len(files))]
+    span = max(spans, key=lambda r: sum(sizes[i] for i in r), default=range(0))
+    need = sum(sizes[i] for i in span)
+    if need <= shutil.disk_usage(into).free:
+        return
+    held = " with ".join(f"{_uri(files[i])} ({_mb(sizes[i])})" for i in span)
+    at_once = "prefetched while the other is computed" if streamed else "all downloaded first"
+    problem = (
+        f"the rank's temporary storage is too small for its partitions: {held}, "
+        f"{at_once}, need {_mb(need)}"
+    )
+    raise ephemeral_storage_full(into, problem)
+
+
+def _object_size(s3: Any, f: dict[str, Any]) -> int:
+    """A partition's size in bytes: as the init step recorded it in the item, or a HEAD."""
+    if "size" in f:
+        return int(f["size"])
+    return int(s3.head_object(Bucket=f["bucket"], Key=f["key"])["ContentLength"])
+
+
+def _uri(f: dict[str, Any]) -> str:
+    return f"s3://{f['bucket']}/{f['key']}"
+
+
+def _mb(size: float) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+def ephemeral_storage_full(tmp: Path, problem: str) -> EphemeralStorageFull:
+    """The error for a full (or too small) /tmp: `problem`, its size and what to change."""
     usage = shutil.disk_usage(tmp)
     return EphemeralStorageFull(
-        f"no space left in the rank's temporary storage while {doing}: {tmp} holds "
-        f"{usage.total / 2**20:.0f} MB ({usage.free / 2**20:.0f} MB free). Raise the executor's "
-        f"ephemeral storage (Terraform executor_ephemeral_storage_mb, up to 10240), or use "
-        f"smaller partitions (`cosmicai partition --size 25MB`)."
+        f"{problem}: {tmp} holds {_mb(usage.total)} ({_mb(usage.free)} free). Raise the "
+        f"executor's ephemeral storage (Terraform executor_ephemeral_storage_mb, up to 10240), "
+        f"or use smaller partitions (`cosmicai partition --size 25MB`)."
     )
 
 
@@ -124,12 +208,12 @@ def _model_path(s3: Any, task: RankTask) -> str | None:
     return str(cached)
 
 
-def run_engine(s3: Any, task: RankTask, paths: list[Path]) -> dict[str, Any]:
-    """Built-in AstroMAE inference over the rank's files."""
+def run_engine(s3: Any, task: RankTask, paths: Iterable[Path]) -> dict[str, Any]:
+    """Built-in AstroMAE inference over the rank's files (consumed one at a time, in order)."""
     from cosmicai.inference.engine import EngineConfig, run_inference
 
     settings = task.settings
-    sources = [f"s3://{f['bucket']}/{f['key']}" for f in task.files]  # names in data errors
+    sources = [_uri(f) for f in task.files]  # names in data errors
     loaded = _cached_model(
         _model_path(s3, task),
         settings.get("model_size") or "full",
@@ -411,14 +495,25 @@ def run_rank(s3: Any, event: dict[str, Any], *, request_id: str, log: Log) -> di
     started_at = time.time()
     workdir = Path(tempfile.mkdtemp(prefix=f"rank{task.rank}-"))
     try:
-        download_started = time.perf_counter()
-        paths = download_files(s3, task.files, workdir)
-        download_s = time.perf_counter() - download_started
-        log("partitions downloaded", files=len(paths), seconds=round(download_s, 3))
         if task.settings.get("mode") == "script":
+            check_storage(s3, task.files, workdir, streamed=False)
+            download_started = time.perf_counter()
+            paths = download_files(s3, task.files, workdir)
+            download_s = download_total_s = time.perf_counter() - download_started
+            log("partitions downloaded", files=len(paths), seconds=round(download_s, 3))
             record = run_script(s3, task, paths, workdir, log)
         else:
-            record = run_engine(s3, task, paths)
+            check_storage(s3, task.files, workdir, streamed=True)
+            stream = PartitionStream(s3, task.files, workdir)
+            with contextlib.closing(iter(stream)) as paths:
+                record = run_engine(s3, task, paths)
+            download_s, download_total_s = stream.waited_s, stream.download_s
+            log(
+                "partitions streamed",
+                files=len(task.files),
+                waited_s=round(download_s, 3),
+                download_s=round(download_total_s, 3),
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     record.update(
@@ -428,10 +523,11 @@ def run_rank(s3: Any, event: dict[str, Any], *, request_id: str, log: Log) -> di
             "run_id": task.run_id,
             "status": "succeeded",
             "request_id": request_id,
-            "download_s": download_s,
+            "download_s": download_s,  # what the rank waited for: prefetching hides the rest
+            "download_total_s": download_total_s,
             "started_at": started_at,
             "ended_at": time.time(),
-            "data_files": [f"s3://{f['bucket']}/{f['key']}" for f in task.files],
+            "data_files": [_uri(f) for f in task.files],
         }
     )
     key = layout.rank_key(task.rank)
