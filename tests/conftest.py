@@ -26,3 +26,16 @@ def aws_standin(
             monkeypatch.setenv(key.upper(), value)
         target.client("s3").create_bucket(Bucket="cosmicai-data")
         yield cloud, target
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[LocalCloud]:
+    """A local cloud shared by a module's tests (a module may define its own instead)."""
+    with LocalCloud() as cloud:
+        yield cloud
+
+
+@pytest.fixture(scope="module")
+def target(cloud: LocalCloud) -> Target:
+    """The platform deployed into the module's local cloud, with the platform defaults."""
+    return cloud.deploy()

@@ -54,17 +54,6 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> LocalS3Mirror:
     return mirror
 
 
-@pytest.fixture(scope="module")
-def cloud():
-    with LocalCloud() as cloud:
-        yield cloud
-
-
-@pytest.fixture(scope="module")
-def target(cloud: LocalCloud) -> Target:
-    return cloud.deploy()
-
-
 def payload(team: str, code: str | None = None, **extra):
     return validate_payload(
         {

@@ -117,17 +117,6 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> LocalS3Mirror:
     return mirror
 
 
-@pytest.fixture(scope="module")
-def cloud():
-    with LocalCloud() as cloud:
-        yield cloud
-
-
-@pytest.fixture(scope="module")
-def target(cloud: LocalCloud) -> Target:
-    return cloud.deploy()
-
-
 def _run(target: Target, mirror: LocalS3Mirror, **settings) -> tuple[str, dict, list]:
     payload = validate_payload(
         {

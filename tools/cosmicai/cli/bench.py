@@ -45,14 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="T",
         help="torch threads for both phases (default: the CPUs this process may use)",
     )
-    engine.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="where to save the JSON result (default: out/bench/engine-<timestamp>.json)",
-    )
-    engine.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_output_arguments(engine, "engine")
     engine.add_argument("--model-size", default="full", help=argparse.SUPPRESS)
     engine.set_defaults(func=run_bench_engine)
 
@@ -69,15 +62,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pipeline.add_argument("--world-size", type=positive_int, default=4, metavar="W")
     pipeline.add_argument("--batch-size", type=positive_int, default=256)
     pipeline.add_argument("--model-size", choices=("full", "tiny"), default="full")
-    pipeline.add_argument(
+    _add_output_arguments(pipeline, "pipeline")
+    pipeline.set_defaults(func=run_bench_pipeline)
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser, benchmark: str) -> None:
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
         metavar="FILE",
-        help="where to save the JSON result (default: out/bench/pipeline-<timestamp>.json)",
+        help=f"where to save the JSON result (default: out/bench/{benchmark}-<timestamp>.json)",
     )
-    pipeline.add_argument("--json", action="store_true", help="print one JSON object")
-    pipeline.set_defaults(func=run_bench_pipeline)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _result_path(args: argparse.Namespace, benchmark: str) -> Path:
