@@ -191,3 +191,28 @@ def test_a_full_tmp_fails_the_rank_once_with_what_to_change(
     log = (run_dir / "logs" / "cosmicai-executor.jsonl").read_text()
     assert log.count('\\"rank started\\"') == 1  # not retried: it cannot help
     assert list(small_tmp.iterdir()) == []
+
+
+def test_an_input_the_local_cloud_cannot_store_is_an_error_naming_it(tmp_path: Path) -> None:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from cosmicai.inference.errors import CosmicAIError
+    from cosmicai.localcloud.mirror import LocalS3Mirror
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        port = server._server.server_address[1]
+        s3 = boto3.client(
+            "s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+        )  # fmt: skip
+        mirror = LocalS3Mirror(tmp_path)
+        part = mirror.path("no-such-bucket", "parts/part-0.safetensors")
+        part.parent.mkdir(parents=True)
+        part.write_bytes(b"x")
+        with pytest.raises(CosmicAIError, match=r"could not copy .*part-0\.safetensors into"):
+            mirror.upload(s3, "no-such-bucket", "parts/")
+    finally:
+        server.stop()

@@ -61,9 +61,18 @@ class LocalS3Mirror:
 
     def upload(self, s3: Any, bucket: str, prefix: str) -> int:
         """Copy a prefix from disk into the emulator; returns the number of objects."""
+        from boto3.exceptions import S3UploadFailedError
+
         count = 0
         for key in self.keys(bucket, prefix):
-            s3.upload_file(str(self.path(bucket, key)), bucket, key)
+            try:
+                s3.upload_file(str(self.path(bucket, key)), bucket, key)
+            except S3UploadFailedError as err:  # e.g. the emulator's disk is full
+                raise CosmicAIError(
+                    f"could not copy {self.path(bucket, key)} into the local cloud's S3 "
+                    f"(s3://{bucket}/{key}): {err}. Free disk space (the local cloud keeps large "
+                    f"objects in $TMPDIR) and run again."
+                ) from err
             count += 1
         return count
 
