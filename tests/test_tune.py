@@ -23,6 +23,7 @@ from cosmicai.payload import validate_payload
 from cosmicai.run_cost import cost_of_run
 from cosmicai.run_metrics import CloudRuns, LocalRuns, load_run
 from cosmicai.tune import (
+    ARCH_NOTE,
     LOCAL_NOTE,
     TuneResult,
     parse_batch_sizes,
@@ -31,6 +32,10 @@ from cosmicai.tune import (
     recommend,
     sweep_aws,
 )
+
+LAMBDA_PRICES = json.loads(
+    (Path(__file__).resolve().parents[1] / "tools" / "cosmicai" / "prices.json").read_text()
+)["lambda"]
 
 
 def _result(memory: int, batch: int, duration: float, cost: float, status="succeeded"):
@@ -81,6 +86,8 @@ def test_recommendations_cheapest_fastest_balanced(tmp_path: Path) -> None:
     text = tune_text(results, picks, LOCAL_NOTE.format(cpus=2), plot)
     assert "balanced: 4096 MB / batch 64  (15.0 s, $0.020000" in text
     assert "indicative" in text and "capped by this machine's 2 CPUs" in text
+    assert "cost x86_64" in text and "cost arm64" in text and ARCH_NOTE in text
+    assert "assumes the same durations" in ARCH_NOTE
     assert f"plot: {plot}" in text
     with pytest.raises(CosmicAIError, match="no configuration of the sweep succeeded"):
         recommend(results[3:])
@@ -185,3 +192,9 @@ def test_aws_sweep_sets_the_memory_and_restores_it(tmp_path: Path) -> None:
             assert {i.report.memory_size_mb for i in run.role("executor")} == {result.memory_mb}
             assert run.payload["batch_size"] == 8
             assert result.cost_usd == pytest.approx(cost_of_run(run).total_usd)
+            # the deployed executor is x86_64; arm64 is cheaper by 20% of its compute only
+            assert result.cost_x86_64_usd == pytest.approx(result.cost_usd)
+            executor_ms = sum(i.report.billed_duration_ms for i in run.role("executor"))
+            gb_s = executor_ms / 1000 * result.memory_mb / 1024
+            saved = gb_s * (LAMBDA_PRICES["x86_64_gb_s"] - LAMBDA_PRICES["arm64_gb_s"])
+            assert result.cost_arm64_usd == pytest.approx(result.cost_usd - saved)

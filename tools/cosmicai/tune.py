@@ -6,7 +6,8 @@ local runtime gives a worker the vCPUs Lambda gives the memory, about 1 per 1,76
 this machine, so local figures are indicative). On AWS the executor's MemorySize is updated
 before the runs of each memory setting and restored afterwards. Every run is then priced from
 its REPORT lines (`cosmicai.run_cost`), and the sweep recommends the cheapest, the fastest and
-a balanced configuration (the smallest cost x time).
+a balanced configuration (the smallest cost x time). Each run is also priced with the executor
+at x86_64 and at arm64 (20% less per GB-second), for the same measured durations.
 """
 
 from __future__ import annotations
@@ -23,9 +24,14 @@ from cosmicai.localcloud.mirror import LocalS3Mirror
 from cosmicai.payload import Payload, validate_payload
 from cosmicai.pipeline.layout import new_run_id
 from cosmicai.run_cost import cost_of_run
-from cosmicai.run_metrics import RunStore, load_run
+from cosmicai.run_metrics import FunctionInfo, RunData, RunStore, load_run
 from cosmicai.target import Target
 
+ARCH_NOTE = (
+    "cost x86_64 / cost arm64: the run priced with the executor on each architecture; the "
+    "arm64 figure assumes the same durations as measured (arm64 is 20% cheaper per GB-second, "
+    'but may run slower or faster: measure it with executor_architecture = "arm64").'
+)
 LOCAL_NOTE = (
     "Local figures are indicative: each local worker gets the vCPUs its memory would get on "
     "Lambda (about 1 per 1,769 MB), capped by this machine's {cpus} CPUs, and costs are what "
@@ -45,6 +51,8 @@ class TuneResult:
     cost_usd: float
     samples: int
     samples_per_s: float | None
+    cost_x86_64_usd: float | None = None
+    cost_arm64_usd: float | None = None
 
     @property
     def label(self) -> str:
@@ -86,6 +94,16 @@ def config_payload(payload: Payload, batch_size: int, run_id: str) -> Payload:
     return validate_payload(settings)
 
 
+def cost_at(data: RunData, arch: str) -> float:
+    """The run's cost had its executor run on `arch` for the same billed durations."""
+    unlisted = {i.function for i in data.role("executor")} - {fn.name for fn in data.functions}
+    listed = [*data.functions, *(FunctionInfo("executor", name) for name in sorted(unlisted))]
+    functions = [
+        dataclasses.replace(fn, arch=arch) if fn.role == "executor" else fn for fn in listed
+    ]
+    return cost_of_run(dataclasses.replace(data, functions=functions)).total_usd
+
+
 def result_of(store: RunStore, run_id: str, memory_mb: int, batch_size: int) -> TuneResult:
     data = load_run(store, run_id)
     overview = data.overview()
@@ -98,6 +116,8 @@ def result_of(store: RunStore, run_id: str, memory_mb: int, batch_size: int) -> 
         cost_usd=cost_of_run(data).total_usd,
         samples=data.samples,
         samples_per_s=overview["samples_per_s"],
+        cost_x86_64_usd=cost_at(data, "x86_64"),
+        cost_arm64_usd=cost_at(data, "arm64"),
     )
 
 

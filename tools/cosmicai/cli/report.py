@@ -21,6 +21,7 @@ from cosmicai.report_html import write_html
 from cosmicai.run_cost import RunCost, cost_of_run
 from cosmicai.run_metrics import CloudRuns, LocalRuns, RunData, RunStore, load_run
 from cosmicai.tune import (
+    ARCH_NOTE,
     LOCAL_NOTE,
     TuneResult,
     parse_batch_sizes,
@@ -98,6 +99,8 @@ TUNE_COLUMNS = (
     ("wall s", "duration_s", ".2f"),
     ("samples/s", "samples_per_s", ".1f"),
     ("cost USD", "cost_usd", ".6f"),
+    ("cost x86_64", "cost_x86_64_usd", ".6f"),
+    ("cost arm64", "cost_arm64_usd", ".6f"),
     ("run id", "run_id", "s"),
 )
 
@@ -313,6 +316,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 "configs": [vars(r) for r in results],
                 "recommendations": {name: vars(r) for name, r in picks.items()},
                 "indicative": note is not None,
+                "architecture_note": ARCH_NOTE,
                 "note": note,
                 "plot": str(plot) if plot else None,
             }
@@ -332,8 +336,9 @@ def tune_text(
         f"run {pick.run_id})"
         for name, pick in picks.items()
     ]
+    lines += ["", f"note: {ARCH_NOTE}"]
     if note:
-        lines += ["", f"note: {note}"]
+        lines.append(f"note: {note}")
     if plot:
         lines.append(f"plot: {plot}")
     return "\n".join(lines)
