@@ -136,9 +136,14 @@ variable "executor_reserved_concurrency" {
 }
 
 variable "executor_architecture" {
-  description = "Instruction set of the executor image: \"x86_64\" or \"arm64\"."
+  description = "Instruction set of the executor image and Lambda function: \"x86_64\" or \"arm64\" (deploy the image workflow's SHA-x86_64 or SHA-arm64 tag to match)."
   type        = string
   default     = "x86_64"
+
+  validation {
+    condition     = contains(["x86_64", "arm64"], var.executor_architecture)
+    error_message = "executor_architecture must be \"x86_64\" or \"arm64\"."
+  }
 }
 
 variable "init_zip_path" {

@@ -6,6 +6,7 @@ runs the same script against the built image under the Runtime Interface Emulato
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import shlex
 import shutil
@@ -26,6 +27,7 @@ EXECUTOR_EXTRA = "executor"
 # pip options that take a value (the value is not a requirement).
 PIP_VALUE_OPTIONS = {"-i", "--index-url", "--extra-index-url", "-r", "--requirement", "-c"}
 PROJECT = re.compile(r"(?P<path>\.[^\[]*)(\[(?P<extras>[^\]]*)\])?")
+SITE_PACKAGES = "/opt/venv/lib/python3.11/site-packages/"
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -303,3 +305,52 @@ def test_smoke_test_runs_one_tiny_inference_in_process() -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert '"status": "succeeded"' in result.stdout
+
+
+def size_budget() -> dict[str, int]:
+    """The MB budgets of images/executor/size-budget (`name=MB` lines; `#` comments)."""
+    lines = (IMAGE / "size-budget").read_text().splitlines()
+    pairs = [line.split("=") for line in lines if line.strip() and not line.startswith("#")]
+    return {name.strip(): int(value) for name, value in pairs}
+
+
+def deleted_from_site_packages() -> list[str]:
+    """What the Dockerfile's `rm -rf` removes from the venv's site-packages, relative to it."""
+    found = re.findall(rf"rm -rf {re.escape(SITE_PACKAGES)}(\S+)", DOCKERFILE.read_text())
+    assert found, "the Dockerfile deletes nothing from site-packages: update this test"
+    return found
+
+
+def test_executor_environment_fits_the_size_budget() -> None:
+    """The executor extra's distributions, installed, minus what the image deletes, fit."""
+    from cosmicai.localcloud.runtimes import executor_image, resolve_image
+
+    _, interpreter = resolve_image(executor_image())
+    measure = [interpreter.python, *interpreter.flags, str(IMAGE / "env_size.py")]
+    done = subprocess.run(
+        measure + deleted_from_site_packages(), capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    measured = json.loads(done.stdout)
+    whole = json.loads(subprocess.run(measure, capture_output=True, text=True, check=True).stdout)
+    sizes = measured["distributions"]
+    assert {"torch", "numpy", "boto3"} <= set(sizes), "measured the executor environment"
+    assert measured["total"] < whole["total"], "the deleted paths are installed files"
+    budget = size_budget()["python"]
+    print(
+        f"executor environment: {measured['total'] / 1e6:.0f} MB installed "
+        f"(torch {sizes['torch'] / 1e6:.0f} MB), budget {budget} MB"
+    )
+    assert measured["total"] <= budget * 10**6, f"over the {budget} MB budget: {sizes}"
+
+
+def test_size_budgets_are_declared_once_and_the_workflow_reads_them() -> None:
+    budget = size_budget()
+    assert set(budget) == {"python", "image"} and budget["python"] < budget["image"]
+    workflow = (ROOT / ".github" / "workflows" / "image.yml").read_text()
+    assert "images/executor/size-budget" in workflow
+    assert "docker image inspect --format '{{.Size}}'" in workflow
+    deleted = " ".join(deleted_from_site_packages())
+    assert f'"${{LOCAL_TAG}}" - {deleted} \\\n' in workflow, "it measures the same files"
+    assert "< images/executor/env_size.py" in workflow
+    assert not re.search(rf"\b({budget['python']}|{budget['image']})\b", workflow)

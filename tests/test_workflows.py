@@ -156,20 +156,32 @@ def test_image_workflow_builds_with_cache_smoke_tests_and_pushes_by_sha() -> Non
         "tools/**",
         "pyproject.toml",
     }
-    build = uses(image, "docker/build-push-action")[0]["with"]
-    assert build["file"] == "images/executor/Dockerfile" and build["context"] == "."
-    assert build["cache-from"] == "type=gha" and build["cache-to"].startswith("type=gha")
+    builds = [step["with"] for step in uses(image, "docker/build-push-action")]
+    for build in builds:
+        assert build["file"] == "images/executor/Dockerfile" and build["context"] == "."
+        assert build["cache-from"] == "type=gha" and build["cache-to"].startswith("type=gha")
+    tested, pushed_build = builds
+    assert tested["platforms"] == "linux/amd64" and tested["load"] is True
+    assert tested["push"] is False
+    assert pushed_build["platforms"] == "linux/amd64,linux/arm64" and pushed_build["push"]
+    assert pushed_build["tags"] == "${{ vars.COSMICAI_ECR_REPOSITORY_URL }}:${{ github.sha }}"
+    assert tested["build-args"] == pushed_build["build-args"], "the pushed image is the tested one"
+    assert uses(image, "docker/setup-qemu-action") and uses(image, "docker/setup-buildx-action")
     text = run_text(image)
     assert "import fmi, torch" in text
     assert "images/executor/smoke_test.py --image" in text
+    assert "docker image inspect --format '{{.Size}}'" in text
     credentials = uses(image, "aws-actions/configure-aws-credentials")[0]["with"]
     assert credentials["role-to-assume"] == "${{ vars.COSMICAI_IMAGE_ROLE_ARN }}"
     assert uses(image, "aws-actions/amazon-ecr-login")
-    assert 'docker push "${REPOSITORY_URL}:${GITHUB_SHA}"' in text
+    # Lambda takes single-architecture images: each one is pushed under its own tag.
+    assert 'docker push "${REPOSITORY_URL}:${GITHUB_SHA}-${pair##*:}"' in text
+    assert "for pair in amd64:x86_64 arm64:arm64" in text
     order = [s.get("name", s.get("uses", "")) for s in steps(image)]
     smoke = next(i for i, n in enumerate(order) if "Runtime Interface Emulator" in n)
+    budget = next(i for i, n in enumerate(order) if n.startswith("Size budget"))
     pushed = next(i for i, n in enumerate(order) if n.startswith("Push"))
-    assert smoke < pushed, "only a tested image is pushed"
+    assert max(smoke, budget) < pushed, "only a tested image within its budget is pushed"
 
 
 def test_run_workflow_validates_runs_and_reports() -> None:
