@@ -141,6 +141,9 @@ UNSAFE_URIS = [
     "not-an-s3-uri",
 ]
 
+# A valid `cost lambda` command line, for the cases that break only its price table.
+COST_LAMBDA = ("cost", "lambda", "--requests", "1", "--duration-s", "1", "--memory-mb", "128")
+
 CASES: list[Case] = [
     *(case("validate", "p.json", files=f) for f in PAYLOAD_FILES.values()),
     case("validate", "missing.json"),
@@ -240,30 +243,11 @@ CASES: list[Case] = [
     case("cost", "lambda", "--requests", "-1", "--duration-s", "1", "--memory-mb", "128"),
     case("cost", "lambda", "--requests", "1", "--duration-s", "1", "--memory-mb", "1e9"),
     *(
-        case(
-            "cost",
-            "lambda",
-            "--requests",
-            "1",
-            "--duration-s",
-            "1",
-            "--memory-mb",
-            "128",
-            "--prices",
-            "prices.json",
-            files={"prices.json": content},
-        )
+        case(*COST_LAMBDA, "--prices", "prices.json", files={"prices.json": content})
         for content in (BINARY, FIFO, DIRECTORY, DEEP_LIST, HUGE_INT, TRUNCATED, SPARSE, "[]")
     ),
     case(
-        "cost",
-        "lambda",
-        "--requests",
-        "1",
-        "--duration-s",
-        "1",
-        "--memory-mb",
-        "128",
+        *COST_LAMBDA,
         files={"p.bin": BINARY},
         env={"COSMICAI_PRICES": "p.bin"},
     ),

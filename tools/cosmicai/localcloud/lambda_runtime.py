@@ -257,6 +257,12 @@ if os.geteuid() != 0:
     _UNSHARE[1:1] = ["--user", "--map-root-user"]
 
 
+@functools.cache
+def _warn_shared_tmp(path: str) -> None:
+    """Say once (not per environment) why environments share the machine's /tmp."""
+    log.warning("environments share /tmp: %s lives under /tmp", path)
+
+
 def tmp_view(tmpdir: Path, needed: list[str]) -> list[str]:
     """The command prefix that shows a worker `tmpdir` as its /tmp, as Lambda gives every
     environment a /tmp of its own. Empty (the machine's /tmp is shared) where mount namespaces
@@ -265,7 +271,7 @@ def tmp_view(tmpdir: Path, needed: list[str]) -> list[str]:
     hidden = [p for p in needed for q in (p, os.path.realpath(p)) if q.startswith("/tmp/")]
     if hidden or not _can_make_tmp_views():
         if hidden:
-            log.warning("environments share /tmp: %s lives under /tmp", hidden[0])
+            _warn_shared_tmp(hidden[0])
         return []
     return [*_UNSHARE, "sh", "-c", 'mount --bind "$0" /tmp && exec "$@"', str(tmpdir)]
 
