@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from cosmicai.errors import CheckpointError, CosmicAIError
 from cosmicai.inference import checkpoint as checkpoint_module
 from cosmicai.inference.checkpoint import LoadedModel, load_model, save_checkpoint
-from cosmicai.inference.errors import CheckpointError, CosmicAIError
 from cosmicai.inference.model import AstroMAE, AstroMAEConfig, build_model, count_parameters
 
 TINY = AstroMAEConfig.tiny()

@@ -25,7 +25,7 @@ from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
 from cosmicai.claims import STARTING_GRACE_S, ClaimedError, Claims, S3Claims
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.localcloud.mirror import LocalS3Mirror, MirrorClaims
 from cosmicai.localcloud.session import run_local
 from cosmicai.payload import Payload, validate_payload

@@ -20,7 +20,7 @@ from cosmicai.comm.config import (
     load_local_section,
     write_fmi_config,
 )
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 
 BASE = {"rendezvous_host": "10.0.0.5", "rendezvous_port": 10000, "bucket": "b", "run_id": "r1"}
 

@@ -308,7 +308,7 @@ def closed_port() -> int:
 
 def test_unreachable_store_fails_within_the_deadline_naming_host_and_port(tmp_path: Path) -> None:
     from cosmicai.comm.fmi_local import Communicator
-    from cosmicai.inference.errors import CosmicAIError
+    from cosmicai.errors import CosmicAIError
 
     port = closed_port()
     config = local_config(tmp_path / "fmi.json", port, timeout=1)
@@ -320,7 +320,7 @@ def test_unreachable_store_fails_within_the_deadline_naming_host_and_port(tmp_pa
 
 def test_missing_peers_are_named_after_the_peer_deadline(store: Any, tmp_path: Path) -> None:
     from cosmicai.comm.fmi_local import Communicator
-    from cosmicai.inference.errors import CosmicAIError
+    from cosmicai.errors import CosmicAIError
 
     config = local_config(tmp_path / "fmi.json", store.port, peer_timeout=1)
     with pytest.raises(CosmicAIError, match=r"ranks \[1, 2\] of world size 3 did not join"):
@@ -329,7 +329,7 @@ def test_missing_peers_are_named_after_the_peer_deadline(store: Any, tmp_path: P
 
 def test_a_rank_cannot_join_the_same_communicator_twice(store: Any, tmp_path: Path) -> None:
     from cosmicai.comm.fmi_local import Communicator
-    from cosmicai.inference.errors import CosmicAIError
+    from cosmicai.errors import CosmicAIError
 
     config = local_config(tmp_path / "fmi.json", store.port)
     with Communicator(0, 1, config, "twice"), pytest.raises(CosmicAIError, match="twice"):
@@ -339,7 +339,7 @@ def test_a_rank_cannot_join_the_same_communicator_twice(store: Any, tmp_path: Pa
 def test_config_without_local_section_is_an_actionable_error(tmp_path: Path) -> None:
     from cosmicai.comm.config import write_fmi_config
     from cosmicai.comm.fmi_local import Communicator
-    from cosmicai.inference.errors import CosmicAIError
+    from cosmicai.errors import CosmicAIError
 
     path = write_fmi_config(
         tmp_path / "fmi.json", rendezvous_host="h", rendezvous_port=1, bucket="b", run_id="r"
@@ -354,7 +354,7 @@ def test_bad_arguments_are_actionable_errors(
     store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from cosmicai.comm.config import fmi_pythonpath
-    from cosmicai.inference.errors import CosmicAIError
+    from cosmicai.errors import CosmicAIError
 
     monkeypatch.syspath_prepend(str(fmi_pythonpath()))
     import fmi

@@ -13,9 +13,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 import cosmicai.inference.engine as engine
+from cosmicai.errors import CosmicAIError, DataFormatError
 from cosmicai.inference.checkpoint import LoadedModel, load_model
 from cosmicai.inference.engine import EngineConfig, run_inference
-from cosmicai.inference.errors import CosmicAIError, DataFormatError
 from cosmicai.inference.model import AstroMAEConfig, count_parameters
 from cosmicai.inference.partition_io import write_partition
 

@@ -28,9 +28,9 @@ from moto import mock_aws
 from torch import nn
 
 from cosmicai.cli.main import main
+from cosmicai.errors import CheckpointError
 from cosmicai.inference import model as ours
 from cosmicai.inference.checkpoint import load_model
-from cosmicai.inference.errors import CheckpointError
 from cosmicai.inference.model import AstroMAE, AstroMAEConfig, build_model, count_parameters
 from cosmicai.inference.partition_io import write_partition
 from cosmicai.inference.reference_checkpoint import read_pickled_model, to_our_names

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, TensorDataset
 
-from cosmicai.inference.errors import DataFormatError
+from cosmicai.errors import DataFormatError
 from cosmicai.inference.partition_io import (
     FORMAT_ID,
     SAMPLE_BYTES,

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
 from cosmicai.cli.main import main
+from cosmicai.errors import CosmicAIError, DataFormatError
 from cosmicai.inference import partitioning
-from cosmicai.inference.errors import CosmicAIError, DataFormatError
 from cosmicai.inference.partition_io import SAMPLE_BYTES, read_partition, write_partition
 from cosmicai.inference.partitioning import (
     Manifest,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cosmicai.defaults import RANK_MAX_RETRIES, FunctionSettings
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.localcloud.cloud import LocalCloud
 from cosmicai.localcloud.mirror import LocalS3Mirror
 from cosmicai.localcloud.session import upload_inputs

@@ -18,9 +18,9 @@ from moto import mock_aws
 from torch.utils.data import TensorDataset
 
 from cosmicai.asl import render_state_machine, template_variables
+from cosmicai.errors import CosmicAIError, DataFormatError
 from cosmicai.inference import engine
 from cosmicai.inference.engine import EngineConfig, run_inference
-from cosmicai.inference.errors import CosmicAIError, DataFormatError
 from cosmicai.pipeline import executor
 from cosmicai.pipeline.executor import EphemeralStorageFull, run_rank
 from cosmicai.pipeline.init import NoDataError, assign_files

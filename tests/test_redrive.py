@@ -20,7 +20,7 @@ import pytest
 from cosmicai.claims import ClaimedError, claim_body
 from cosmicai.cli.main import main
 from cosmicai.defaults import RANK_MAX_RETRIES
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.localcloud.cloud import LocalCloud
 from cosmicai.localcloud.mirror import LocalS3Mirror, MirrorClaims
 from cosmicai.localcloud.session import redrive_local, run_local

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.rendezvous.protocol import (
     LEGACY_REPLY_SIZE,
     V2_REQUEST_SIZE,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.rendezvous.probe import RendezvousError, check, connect_and_pair
 from cosmicai.rendezvous.server import RendezvousServer, ServerThread
 

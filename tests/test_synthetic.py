@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cosmicai.cli.main import main
-from cosmicai.inference.errors import DataFormatError
+from cosmicai.errors import DataFormatError
 from cosmicai.inference.partition_io import read_partition
 from cosmicai.inference.synthetic import iter_chunks, make_data
 

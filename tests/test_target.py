@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cosmicai.cli.main import main
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.localcloud.cloud import LocalCloud
 from cosmicai.localcloud.server import LOCAL_CREDENTIALS
 from cosmicai.target import Target

@@ -13,7 +13,7 @@ from cosmicai.cli.main import main
 from cosmicai.cli.report import tune_text
 from cosmicai.cost import CostError
 from cosmicai.defaults import FUNCTIONS
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.inference.partitioning import partition
 from cosmicai.inference.synthetic import make_data
 from cosmicai.localcloud.cloud import LocalCloud

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cosmicai.inference.errors import CheckpointError
+from cosmicai.errors import CheckpointError
 from cosmicai.localcloud.mirror import LocalS3Mirror
 from cosmicai.payload import PayloadError, validate_payload
 from cosmicai.pipeline.s3objects import S3LocationError, check_bucket, check_key, split_s3_uri

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 
 ZIP_FUNCTIONS = ("init", "summarize")
 EXECUTOR_EXTRA = "executor"

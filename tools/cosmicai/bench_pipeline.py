@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cosmicai.demo import demo_payload, prepare_demo_data
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.localcloud.mirror import LocalS3Mirror
 from cosmicai.pipeline.layout import new_run_id
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.payload import Payload
 from cosmicai.pipeline.layout import RunLayout, result_claim_key
 from cosmicai.target import Target

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.lambda_report import ReportLine
 from cosmicai.safe_input import MissingInput, UnreadableInput, read_json_file
 

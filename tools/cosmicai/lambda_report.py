@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 
 
 class ReportParseError(CosmicAIError):

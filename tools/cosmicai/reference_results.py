@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.pipeline.layout import RunLayout, check_run_id
 from cosmicai.safe_input import MAX_RECORD_BYTES, read_json_file
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.lambda_report import ReportLine, ReportParseError, parse_report_line
 from cosmicai.localcloud.mirror import LocalS3Mirror
 from cosmicai.pipeline.layout import RunLayout

@@ -28,7 +28,7 @@ from cosmicai.claims import (
     claim_run,
     execution_arn,
 )
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.payload import Payload, validate_payload
 from cosmicai.pipeline.layout import RunLayout, check_run_id, new_run_id, result_claim_key
 from cosmicai.pipeline.s3objects import iter_objects

@@ -18,7 +18,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 
 MAX_JSON_BYTES = 16 * 2**20  # payloads and price tables
 MAX_RECORD_BYTES = 256 * 2**20  # a run's records and combined results

@@ -13,7 +13,7 @@ from typing import Any
 
 import boto3
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 
 FUNCTION_ROLES = ("init", "executor", "summarize")
 DEFAULT_TERRAFORM_DIR = Path("terraform")  # the Terraform root, run from the checkout's top

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cosmicai.cost import MEMORY_RANGE_MB, CostError
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.localcloud.mirror import LocalS3Mirror
 from cosmicai.payload import Payload, validate_payload
 from cosmicai.pipeline.layout import new_run_id

@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
+from cosmicai.errors import CosmicAIError
 from cosmicai.inference.checkpoint import load_model, save_checkpoint
 from cosmicai.inference.engine import EngineConfig, available_cpus, peak_rss_mb, run_inference
-from cosmicai.inference.errors import CosmicAIError
 from cosmicai.inference.model import AstroMAEConfig, build_model, flops_per_sample
 from cosmicai.inference.partition_io import read_partition, write_partition
 from cosmicai.inference.partitioning import samples_per_file

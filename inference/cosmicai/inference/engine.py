@@ -52,8 +52,8 @@ from typing import Any, Literal
 
 import torch
 
+from cosmicai.errors import CosmicAIError
 from cosmicai.inference.checkpoint import LoadedModel
-from cosmicai.inference.errors import CosmicAIError
 from cosmicai.inference.metrics import redshift_metrics
 from cosmicai.inference.partition_io import Partition, read_partition
 

@@ -46,7 +46,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from cosmicai.inference.errors import DataFormatError
+from cosmicai.errors import DataFormatError
 
 FORMAT_ID = "cosmicai-partition/1"
 BANDS = 5

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cosmicai.inference.errors import CosmicAIError, DataFormatError
+from cosmicai.errors import CosmicAIError, DataFormatError
 from cosmicai.inference.partition_io import (
     FORMAT_ID,
     SAMPLE_BYTES,

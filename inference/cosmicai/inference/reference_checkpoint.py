@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from cosmicai.inference.errors import CheckpointError
+from cosmicai.errors import CheckpointError
 
 _MAX_DEPTH = 64  # module nesting; the published model is 6 deep
 _STORAGE_DTYPES = {

@@ -6,7 +6,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.pipeline.layout import check_run_id
 
 

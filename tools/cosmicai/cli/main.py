@@ -14,7 +14,7 @@ import importlib
 import signal
 import sys
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 
 # Command modules under cosmicai.cli, in the order `cosmicai --help` lists them, and the
 # commands each registers (so a command whose module cannot import is still named).

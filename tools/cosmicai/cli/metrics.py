@@ -8,7 +8,7 @@ import json
 import sys
 from typing import TextIO
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.lambda_report import parse_report_lines
 from cosmicai.safe_input import MissingInput, UnreadableInput, open_regular
 

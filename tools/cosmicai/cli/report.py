@@ -14,7 +14,7 @@ from cosmicai.cli.cost import format_table
 from cosmicai.cli.output import print_json, summary_text, table
 from cosmicai.cli.target_flags import add_target_flags, aws_target
 from cosmicai.cost import PRICES_ENV, WORKFLOWS, load_prices
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.payload import load_payload
 from cosmicai.reference_results import PROFILER_MEMORY_NOTE
 from cosmicai.report_html import write_html

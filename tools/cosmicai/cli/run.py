@@ -18,7 +18,7 @@ from cosmicai.cli.output import ProgressPrinter, print_json, summary_text
 from cosmicai.cli.report import finish_run
 from cosmicai.cli.target_flags import add_target_flags, aws_target
 from cosmicai.demo import DEMO_RUNS_BUCKET, demo_payload, prepare_demo_data
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.localcloud.mirror import LocalS3Mirror, cosmicai_home
 from cosmicai.payload import Payload, load_payload
 from cosmicai.pipeline.layout import new_run_id

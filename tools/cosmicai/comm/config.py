@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_PEER_TIMEOUT_S = 60.0

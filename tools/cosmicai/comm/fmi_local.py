@@ -39,7 +39,7 @@ from torch.distributed import PrefixStore, ProcessGroupGloo, ReduceOp
 
 from cosmicai.comm.config import load_local_section
 from cosmicai.comm.store import connect_store
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 

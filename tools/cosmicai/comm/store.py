@@ -13,7 +13,7 @@ from datetime import timedelta
 from torch.distributed import TCPStore
 
 from cosmicai.comm.config import DEFAULT_OP_TIMEOUT_S
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 
 _RETRY_INTERVAL_S = 0.05
 

@@ -28,7 +28,7 @@ from typing import Any
 from cosmicai import defaults
 from cosmicai.asl import render_state_machine
 from cosmicai.defaults import FunctionSettings
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.localcloud.runtimes import MANAGED_RUNTIME, executor_image, lambda_zip
 from cosmicai.localcloud.server import LOCAL_CREDENTIALS
 from cosmicai.target import FUNCTION_ROLES, Target

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cosmicai.claims import Claim, decode, encode
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.pipeline.layout import RunLayout
 from cosmicai.pipeline.s3objects import check_location, iter_objects
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cosmicai.defaults import FUNCTIONS, FunctionSettings
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.localcloud.cloud import LocalCloud
 from cosmicai.localcloud.mirror import LocalS3Mirror, MirrorClaims
 from cosmicai.payload import Payload

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.payload import Payload, validate_payload
 from cosmicai.pipeline.layout import RunLayout
 from cosmicai.pipeline.s3objects import iter_objects

@@ -13,7 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 
 _RUN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,79}$")
 

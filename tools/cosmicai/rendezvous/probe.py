@@ -15,7 +15,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.rendezvous.protocol import (
     LEGACY_REPLY_SIZE,
     PROTOCOLS,

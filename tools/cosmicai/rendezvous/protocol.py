@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 
 PROTOCOLS = ("legacy", "v2")
 MAX_NAME_BYTES = 100

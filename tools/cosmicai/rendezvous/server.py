@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
-from cosmicai.inference.errors import CosmicAIError
+from cosmicai.errors import CosmicAIError
 from cosmicai.rendezvous.protocol import (
     MAX_NAME_BYTES,
     NO_ENDPOINT,
