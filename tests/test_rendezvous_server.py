@@ -16,11 +16,13 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from cosmicai.errors import CosmicAIError
+from cosmicai.logs import JsonFormatter
 from cosmicai.rendezvous.probe import RendezvousError, check, connect_and_pair
 from cosmicai.rendezvous.server import RendezvousServer, ServerThread
 
@@ -199,7 +201,7 @@ def test_v2_server_closes_on_a_legacy_client_without_a_reply(caplog):
         _closes_without_reply(client, 2.0)
         assert server.stats.mismatched_total == 1 and server.pending == 0
         assert check("127.0.0.1", server.port, protocol="v2").ok
-    (line,) = [json.loads(r.getMessage()) for r in caplog.records]
+    (line,) = [_line(r) for r in caplog.records]
     assert line["event"] == "protocol_mismatch" and line["client"] == "{}:{}".format(
         *client.address
     )
@@ -213,7 +215,7 @@ def test_legacy_server_closes_on_a_v2_client_without_a_reply(caplog):
         client.v2_send(b"rank-0-1", token=str(uuid.uuid4()).encode())
         _closes_without_reply(client, 2.0)
         assert server.stats.mismatched_total == 1 and server.pending == 0
-    (line,) = [json.loads(r.getMessage()) for r in caplog.records]
+    (line,) = [_line(r) for r in caplog.records]
     assert "client speaks TCPunch v2 but this server runs --protocol legacy" in line["message"]
 
 
@@ -359,6 +361,15 @@ def _pair_two(port: int, timeout_s: float) -> list:
         )
 
 
+def _line(record: logging.LogRecord) -> dict:
+    """A captured record as the JSON line `cosmicai.logs` writes for it."""
+    return json.loads(JsonFormatter().format(record))
+
+
+def _epoch_s(line: dict) -> float:
+    return datetime.strptime(line["timestamp"], "%Y-%m-%d %H:%M:%S,%f%z").timestamp()
+
+
 def _assert_small_clean_log(log_path: Path) -> list[dict]:
     text = log_path.read_text()
     assert "Traceback" not in text and "Errno 24" not in text
@@ -402,7 +413,7 @@ def test_out_of_descriptors_backs_off_quietly_and_pairs_once_they_free(tmp_path)
     events = _assert_small_clean_log(log_path)
     failures = [e for e in events if e["event"] == "accept_failed"]
     assert failures[0]["error"] == "EMFILE"
-    span_s = events[-1]["ts"] - failures[0]["ts"]
+    span_s = _epoch_s(events[-1]) - _epoch_s(failures[0])
     assert len(failures) <= span_s + 1  # at most one line a second
     # retried every 0.1 s while out of descriptors (over a second), never in a tight loop
     assert 5 <= events[-1]["accept_errors_total"] <= span_s * 10 + 5
@@ -595,10 +606,10 @@ def test_pairings_and_expiries_are_logged_as_json_lines(caplog):
         lonely = Raw(server.port)
         lonely.sock.sendall(b"alone")
         assert lonely.legacy_reply() == lonely.address and lonely.at_eof()
-    events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "cosmicai.rendezvous"]
+    events = [_line(r) for r in caplog.records if r.name == "cosmicai.rendezvous"]
     by_event = {e["event"]: e for e in events}
     assert {"listening", "paired", "expired", "stopped"} <= by_event.keys()
-    assert by_event["paired"]["name"].startswith("cosmicai-probe-")
+    assert by_event["paired"]["pairing"].startswith("cosmicai-probe-")
     assert by_event["expired"]["client"] == "{}:{}".format(*lonely.address)
     assert by_event["stopped"]["paired_total"] == 1
 

@@ -1,12 +1,17 @@
 """Init Lambda: validate the run's payload, assign partition files to ranks, write the items."""
 
+from typing import Any
+
 from cosmicai.pipeline.init import run_init
-from cosmicai.pipeline.lambda_support import json_logger, s3_client
+from cosmicai.pipeline.lambda_support import append_run_keys, handler_logger, s3_client
+
+logger = handler_logger("init")
 
 
-def handler(event, context):
-    log = json_logger(run_id=event.get("run_id"), request_id=context.aws_request_id, step="init")
-    log("init started")
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    append_run_keys(logger, event, context)
+    logger.info("init started")
     pointer = run_init(s3_client(), event)
-    log("run planned", world_size=pointer["world_size"], files=pointer["files"])
+    logger.info("run planned", world_size=pointer["world_size"], files=pointer["files"])
     return pointer

@@ -1,14 +1,17 @@
 """Summarize Lambda: combine the rank records into combined_data.json and summary.json."""
 
-from cosmicai.pipeline.lambda_support import json_logger, s3_client
+from typing import Any
+
+from cosmicai.pipeline.lambda_support import append_run_keys, handler_logger, s3_client
 from cosmicai.pipeline.summarize import summarize_run
 
+logger = handler_logger("summarize")
 
-def handler(event, context):
-    log = json_logger(
-        run_id=event.get("run_id"), request_id=context.aws_request_id, step="summarize"
-    )
-    log("summarize started")
+
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    append_run_keys(logger, event, context)
+    logger.info("summarize started")
     outcome = summarize_run(s3_client(), event)
-    log("run summarized", status=outcome["status"], detail=outcome["message"])
+    logger.info("run summarized", status=outcome["status"], detail=outcome["message"])
     return outcome

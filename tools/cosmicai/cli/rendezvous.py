@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 
+from cosmicai.logs import configure as configure_logs
 from cosmicai.rendezvous.probe import EXIT_CODES, check
 from cosmicai.rendezvous.protocol import PROTOCOLS
 from cosmicai.rendezvous.server import DEFAULT_PORT, serve_forever
@@ -111,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        configure_logs()  # JSON lines on stderr
     serve_forever(
         host=args.host,
         port=args.port,

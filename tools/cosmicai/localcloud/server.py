@@ -41,6 +41,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from cosmicai.defaults import LOCAL_ACCOUNT_CONCURRENCY
 from cosmicai.localcloud.lambda_runtime import InvokeResponse, LambdaRuntime, become_subreaper
+from cosmicai.logs import configure as configure_logs
 from cosmicai.rendezvous.server import RendezvousServer, ServerThread
 
 log = logging.getLogger("cosmicai.localcloud")
@@ -209,11 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         "--remove-workdir", action="store_true", help="delete the workdir on exit (a temp dir)"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format='{"time": "%(asctime)s", "level": "%(levelname)s", "logger": "%(name)s", '
-        '"message": "%(message)s"}',
-    )
+    configure_logs()  # JSON lines on stderr, one per record
     args.workdir.mkdir(parents=True, exist_ok=True)
     become_subreaper()
     server = LocalCloudServer(

@@ -7,9 +7,10 @@ timeout), pending entries and connections are bounded, and malformed requests ar
 away without disturbing anyone else (v2 clients get status 3, error; legacy clients, which
 have no error reply, see the connection close). A client of the other protocol is closed on
 without a reply, so it fails at once instead of misreading one (a legacy client would read a
-v2 reply as addresses and retry forever). Pairings, expiries and refusals are logged as one
-JSON object per line on the `cosmicai.rendezvous` logger; refusals, protocol mismatches and
-accept errors at most once a second each, with a count of the lines suppressed meanwhile.
+v2 reply as addresses and retry forever). Pairings, expiries and refusals are logged on the
+`cosmicai.rendezvous` logger, each with an `event` key and its details as keys (one JSON line
+each, with `cosmicai.logs`); refusals, protocol mismatches and accept errors at most once a
+second each, with a count of the lines suppressed meanwhile.
 
 Connections, rendezvous and health alike, share one cap (`max_connections`, by default the
 descriptor limit less a reserve); health connections may hold at most a quarter of it, so
@@ -84,10 +85,10 @@ def default_max_connections() -> int:
     return max(1, min(65536, soft - _FD_RESERVE))
 
 
-def log_event(level: int, event: str, **fields: object) -> None:
-    """Log one JSON object (one line) on the `cosmicai.rendezvous` logger."""
-    if log.isEnabledFor(level):
-        log.log(level, json.dumps({"ts": round(time.time(), 3), "event": event, **fields}))
+def log_event(level: int, event: str, message: str | None = None, **fields: object) -> None:
+    """Log `event` on the `cosmicai.rendezvous` logger with `fields` as its keys (`cosmicai.logs`
+    writes it as one JSON line); the message is `message`, or else the event's name."""
+    log.log(level, message or event, extra={"event": event, **fields}, stacklevel=2)
 
 
 class _Throttled:
@@ -455,7 +456,7 @@ class RendezvousServer:
         log_event(
             logging.INFO,
             "paired",
-            name=waiter.name,
+            pairing=waiter.name,
             first=str(waiter.endpoint),
             second=str(endpoint),
             wait_ms=round((time.monotonic() - waiter.since) * 1000, 1),
@@ -489,13 +490,13 @@ class RendezvousServer:
             return
         if eof.done():
             self.stats.abandoned_total += 1
-            log_event(logging.DEBUG, "abandoned", name=waiter.name, client=str(waiter.endpoint))
+            log_event(logging.DEBUG, "abandoned", pairing=waiter.name, client=str(waiter.endpoint))
             return
         self.stats.expired_total += 1
         log_event(
             logging.INFO,
             "expired",
-            name=waiter.name,
+            pairing=waiter.name,
             client=str(waiter.endpoint),
             waited_s=round(time.monotonic() - waiter.since, 3),
         )
