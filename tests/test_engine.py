@@ -172,7 +172,7 @@ def test_streams_one_file_at_a_time(
     """The engine holds at most one partition: each read finds the previous one released."""
     files = write_split(tmp_path, make_tensors(40), [10, 10, 10, 10])
     held: list[weakref.ref] = []
-    read = engine.read_partition
+    read = engine.read_partition_arrays
 
     def tracking_read(path: Path, **kwargs: object) -> object:
         alive = [ref for ref in held if ref() is not None]
@@ -183,7 +183,7 @@ def test_streams_one_file_at_a_time(
         return part
 
     calls: list[Path] = []
-    monkeypatch.setattr(engine, "read_partition", tracking_read)
+    monkeypatch.setattr(engine, "read_partition_arrays", tracking_read)
     result = run_inference(tiny, files, EngineConfig(batch_size=4, threads=1))
     assert calls == files
     assert all(ref() is None for ref in held)

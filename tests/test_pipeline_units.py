@@ -183,7 +183,7 @@ def test_rank_prefetches_the_next_partition_and_holds_at_most_two(
     download_started = {key: threading.Event() for key in keys}
     overlapped: list[bool] = []
     held: list[int] = []
-    download, read = s3.download_file, engine.read_partition
+    download, read = s3.download_file, engine.read_partition_arrays
 
     def tracking_download(bucket: str, key: str, filename: str) -> None:
         events.append(("download", key))
@@ -203,7 +203,7 @@ def test_rank_prefetches_the_next_partition_and_holds_at_most_two(
         return read(path, name=name)
 
     monkeypatch.setattr(s3, "download_file", tracking_download)
-    monkeypatch.setattr(engine, "read_partition", tracking_read)
+    monkeypatch.setattr(engine, "read_partition_arrays", tracking_read)
     record = rank_record(s3, run_rank(s3, rank_event(keys), request_id="r-s", log=quiet))
 
     assert [k for kind, k in events if kind == "download"] == keys

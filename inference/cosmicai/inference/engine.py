@@ -31,6 +31,11 @@ Partitions may hold float16, float32 or float64 tensors; they are read as float3
 its float32 cast. Messages and the record's `files` name each file by its label (the `s3://`
 object a rank downloaded, say), not by the temporary path it was read from.
 
+Backends (`backends`): the micro-batches run through PyTorch (``torch``) or through the model's
+ONNX export on ONNX Runtime (``onnxruntime``), which spares a rank PyTorch's import; the engine
+around them (buffers, padding, threads, the record) is the same code, in NumPy, so this module
+imports PyTorch only for the torch backend or a CUDA check.
+
 `files` may be any iterable, such as a generator that downloads each file while the previous one
 is computed: the time spent waiting for the next file is left out of `wall_s` (and so of the
 rates), which therefore measure the engine alone whether the files were ready or not.
@@ -48,14 +53,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+import numpy as np
 
 from cosmicai.errors import CosmicAIError
-from cosmicai.inference.checkpoint import LoadedModel
+from cosmicai.inference.backends import EngineModel, Forward, TorchModel
 from cosmicai.inference.metrics import redshift_metrics
-from cosmicai.inference.partition_io import Partition, read_partition
+from cosmicai.inference.partition_io import Partition, read_partition_arrays
+
+if TYPE_CHECKING:
+    from cosmicai.inference.checkpoint import LoadedModel
 
 DEVICES = ("cpu", "cuda")
 CPU_MICRO_BATCH = 32
@@ -104,12 +112,27 @@ class EngineConfig:
             raise CosmicAIError(
                 f"engine device {self.device!r} is not supported; use one of {', '.join(DEVICES)}"
             )
-        if self.device == "cuda" and not torch.cuda.is_available():
+        if self.device == "cuda":
+            _check_cuda()
+
+    def check_backend(self, model: EngineModel) -> None:
+        """Raise CosmicAIError unless `model`'s backend can run this configuration."""
+        if model.backend == "onnxruntime" and self.device != "cpu":
             raise CosmicAIError(
-                "device 'cuda' was requested but PyTorch sees no CUDA GPU on this machine "
-                f"(torch {torch.__version__}); use device 'cpu', or run where a GPU and a CUDA "
-                "build of PyTorch are available"
+                f"backend 'onnxruntime' runs on CPU only, but device {self.device!r} was "
+                'requested; use "backend": "torch" for a GPU'
             )
+
+
+def _check_cuda() -> None:
+    import torch  # here only: ranks on the onnxruntime backend never import it
+
+    if not torch.cuda.is_available():
+        raise CosmicAIError(
+            "device 'cuda' was requested but PyTorch sees no CUDA GPU on this machine "
+            f"(torch {torch.__version__}); use device 'cpu', or run where a GPU and a CUDA "
+            "build of PyTorch are available"
+        )
 
 
 @dataclass
@@ -138,22 +161,21 @@ class _Totals:
 
 
 class _Runner:
-    """Runs micro-batches of fixed shape through the model, `workers` at a time.
+    """Runs micro-batches of fixed shape through `forward`, `workers` at a time.
 
     Each worker thread reuses its own input buffers; `pool` is None for one worker.
     """
 
     def __init__(
         self,
-        loaded: LoadedModel,
+        forward: Forward,
+        shape: tuple[int, int, int],
         micro_batch: int,
-        device: torch.device,
         pool: ThreadPoolExecutor | None,
     ) -> None:
-        self.model = loaded.model
+        self.forward = forward
         self.micro_batch = micro_batch
-        self.shape = (loaded.config.in_chans, loaded.config.img_size, loaded.config.img_size)
-        self.device = device
+        self.shape = shape
         self.pool = pool
         self._buffers = threading.local()
 
@@ -161,7 +183,7 @@ class _Runner:
         """Read one partition (named `label` in messages), predict every sample, add to
         `totals`; nothing outlives the call."""
         start = time.perf_counter()
-        part = read_partition(path, name=label)
+        part = read_partition_arrays(path, name=label)
         totals.load_s += time.perf_counter() - start
         count = len(part)
         self._check_shape(part)
@@ -195,16 +217,15 @@ class _Runner:
         """Predictions of the micro-batch starting at `first` (run in any worker thread)."""
         buffers = self._buffers
         if not hasattr(buffers, "images"):
-            buffers.images = torch.zeros(self.micro_batch, *self.shape, device=self.device)
-            buffers.magnitudes = torch.zeros(self.micro_batch, self.shape[0], device=self.device)
+            buffers.images = np.zeros((self.micro_batch, *self.shape), dtype=np.float32)
+            buffers.magnitudes = np.zeros((self.micro_batch, self.shape[0]), dtype=np.float32)
         rows = min(self.micro_batch, len(part) - first)
-        buffers.images[:rows].copy_(part.images[first : first + rows])
-        buffers.magnitudes[:rows].copy_(part.magnitudes[first : first + rows])
+        buffers.images[:rows] = part.images[first : first + rows]
+        buffers.magnitudes[:rows] = part.magnitudes[first : first + rows]
         if rows < self.micro_batch:  # pad the tail: every forward pass has one shape
-            buffers.images[rows:].zero_()
-            buffers.magnitudes[rows:].zero_()
-        with torch.inference_mode():  # thread-local: each worker enters it
-            return self.model(buffers.images, buffers.magnitudes)[:rows].tolist()
+            buffers.images[rows:] = 0
+            buffers.magnitudes[rows:] = 0
+        return self.forward(buffers.images, buffers.magnitudes)[:rows].tolist()
 
 
 def peak_rss_mb() -> float:
@@ -226,7 +247,7 @@ def _timed(files: Iterable[Path], totals: _Totals) -> Iterator[Path]:
 
 
 def run_inference(
-    loaded: LoadedModel,
+    model: EngineModel | LoadedModel,
     files: Iterable[Path],
     config: EngineConfig,
     *,
@@ -236,41 +257,43 @@ def run_inference(
 ) -> InferenceResult:
     """Predict a redshift for every sample of `files` (in order) and describe the run.
 
-    `files` is consumed one file at a time, each only once the previous one is computed.
+    `model` is a backend's model (`backends.load_engine_model`) or a loaded PyTorch model (run
+    on the torch backend). `files` is consumed one file at a time, each only once the previous
+    one is computed.
     `labels` name the files in messages and the record's `files` (default: their paths);
     `data_path_label` is recorded as `data_path` (default: the label, or the list of labels);
     `result_path` is recorded as given. Raises CosmicAIError for bad settings or data.
     """
     config.validate()
+    engine_model = model if hasattr(model, "open") else TorchModel(model)  # type: ignore[arg-type]
+    config.check_backend(engine_model)
     if isinstance(files, Sequence) and labels is not None and len(labels) != len(files):
         raise ValueError(f"{len(labels)} labels for {len(files)} files")
     threads, micro_batch = config.resolved_threads(), config.resolved_micro_batch()
-    device = torch.device(config.device)
-    loaded.model.to(device).eval()
     # CPU: `threads` micro-batches at once, one thread each; CUDA: one stream of micro-batches.
-    workers = threads if device.type == "cpu" else 1
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(1 if workers > 1 else threads)
+    workers = threads if config.device == "cpu" else 1
     totals = _Totals()
     names: list[str] = []
     start = time.perf_counter()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="engine") if workers > 1 else None
     try:
-        runner = _Runner(loaded, micro_batch, device, pool)
-        paths = _timed(files, totals)
-        named = ((p, str(p)) for p in paths) if labels is None else zip(paths, labels, strict=True)
-        for path, name in named:
-            runner.run_file(path, name, config.batch_size, totals)
-            names.append(name)
+        with engine_model.open(micro_batch, threads, workers, config.device) as forward:
+            runner = _Runner(forward, engine_model.sample_shape, micro_batch, pool)
+            paths = _timed(files, totals)
+            named = (
+                ((p, str(p)) for p in paths) if labels is None else zip(paths, labels, strict=True)
+            )
+            for path, name in named:
+                runner.run_file(path, name, config.batch_size, totals)
+                names.append(name)
     finally:
         if pool is not None:
             pool.shutdown()
-        torch.set_num_threads(previous_threads)
     wall_s = time.perf_counter() - start - totals.input_wait_s
     if not names:
         raise CosmicAIError("no partition files to run inference on; give at least one file")
     label = data_path_label or (names[0] if len(names) == 1 else names)
-    record = _record(totals, wall_s, config, loaded, names, threads, micro_batch)
+    record = _record(totals, wall_s, config, engine_model, names, threads, micro_batch)
     record.update(result_path=result_path, data_path=label)
     return InferenceResult(totals.predictions, totals.true, record)
 
@@ -279,7 +302,7 @@ def _record(
     totals: _Totals,
     wall_s: float,
     config: EngineConfig,
-    loaded: LoadedModel,
+    model: EngineModel,
     files: list[str],
     threads: int,
     micro_batch: int,
@@ -316,9 +339,10 @@ def _record(
         "peak_rss_mb": peak,
         "micro_batch": micro_batch,
         "padded_samples": totals.padded,
-        "model_parameters": loaded.parameters,
-        "model_trained": loaded.trained,
-        "model_source": loaded.source,
+        "model_parameters": model.parameters,
+        "model_trained": model.trained,
+        "model_source": model.source,
+        "backend": model.backend,
         "threads": threads,
         "files": files,
         "metrics": metrics,

@@ -31,6 +31,7 @@ never need the whole partition in memory.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import struct
@@ -39,14 +40,15 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import torch
-from safetensors import SafetensorError, safe_open
-from torch import Tensor
-from torch.utils.data import TensorDataset
+import numpy as np
 
 from cosmicai.errors import DataFormatError
+from cosmicai.inference.safetensors_file import SafetensorsFormatError, read_arrays
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 FORMAT_ID = "cosmicai-partition/1"
 BANDS = 5
@@ -56,7 +58,7 @@ IMAGE_BYTES = BANDS * IMAGE_SIZE * IMAGE_SIZE * 4
 SAMPLE_BYTES = IMAGE_BYTES + BANDS * 4 + 4
 """Bytes per labelled sample: image, five magnitudes, one redshift (all float32)."""
 
-ACCEPTED_DTYPES = (torch.float16, torch.float32, torch.float64)
+ACCEPTED_DTYPES = ("float16", "float32", "float64")
 """Dtypes accepted in partitions; tensors are converted to float32 on read and write."""
 SUFFIXES = (".safetensors", ".pt")
 _REQUIRED = ("images", "magnitudes")
@@ -69,15 +71,16 @@ _SCAN_ROWS = 256
 
 @dataclass(frozen=True, eq=False)
 class Partition:
-    """One partition file's float32 tensors (memory-mapped when read from disk and float32).
+    """One partition file's float32 data: NumPy arrays (`read_partition_arrays`) or torch tensors
+    (`read_partition`) sharing the same memory, memory-mapped when the file holds float32.
 
     `name` is how messages name the file; `input_bytes` is the size of images and magnitudes
     as the file stores them (before conversion to float32).
     """
 
-    images: Tensor
-    magnitudes: Tensor
-    redshifts: Tensor | None
+    images: Any
+    magnitudes: Any
+    redshifts: Any | None
     path: Path
     name: str
     input_bytes: int
@@ -86,76 +89,98 @@ class Partition:
         return int(self.images.shape[0])
 
 
-def _shape(shape: tuple[int, ...] | torch.Size) -> str:
+def _shape(shape: tuple[int | str, ...]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def _dtype_names(dtypes: tuple[torch.dtype, ...]) -> str:
-    names = [str(dtype) for dtype in dtypes]
+def _dtype_name(dtype: Any) -> str:
+    """A dtype as PyTorch names it (``torch.float32``), NumPy's or torch's alike."""
+    name = str(dtype)
+    return name if name.startswith("torch.") else f"torch.{name}"
+
+
+def _accepted() -> str:
+    names = [_dtype_name(name) for name in ACCEPTED_DTYPES]
     return ", ".join(names[:-1]) + " or " + names[-1]
 
 
-def _checked(name: str, tensor: Any, where: str | Path) -> Tensor:
-    """`tensor` as float32, or DataFormatError unless its type, dtype and row shape fit `name`."""
-    if not isinstance(tensor, Tensor):
+def _checked(name: str, array: np.ndarray, where: str | Path) -> np.ndarray:
+    """`array` as float32, or DataFormatError unless its dtype and row shape fit `name`."""
+    if array.dtype.name not in ACCEPTED_DTYPES:
         raise DataFormatError(
-            f"{where}: {name} is a {type(tensor).__name__}, expected a torch.Tensor"
-        )
-    if tensor.dtype not in ACCEPTED_DTYPES:
-        raise DataFormatError(
-            f"{where}: {name} has dtype {tensor.dtype}; accepted dtypes are "
-            f"{_dtype_names(ACCEPTED_DTYPES)} (read as float32); convert with .float()"
+            f"{where}: {name} has dtype {_dtype_name(array.dtype)}; accepted dtypes are "
+            f"{_accepted()} (read as float32); convert with .float()"
         )
     row = _ROW_SHAPES[name]
-    if tensor.dim() != 1 + len(row) or tuple(tensor.shape[1:]) != row:
+    if array.ndim != 1 + len(row) or tuple(array.shape[1:]) != row:
         raise DataFormatError(
-            f"{where}: {name} has shape {_shape(tensor.shape)}, expected {_shape(('N', *row))}"
+            f"{where}: {name} has shape {_shape(array.shape)}, expected {_shape(('N', *row))}"
         )
-    return tensor.to(torch.float32)  # the tensor itself when it is float32 already
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused below
+        return array.astype(np.float32, copy=False)  # the array itself when float32 already
 
 
-def _non_finite(tensor: Tensor) -> tuple[int, int]:
+def _non_finite(array: np.ndarray) -> tuple[int, int]:
     """How many samples hold a NaN or inf, and the first of them (-1 if none)."""
     count, first = 0, -1
-    for start in range(0, len(tensor), _SCAN_ROWS):
-        rows = tensor[start : start + _SCAN_ROWS]
-        bad = ~torch.isfinite(rows).reshape(len(rows), -1).all(dim=1)
+    for start in range(0, len(array), _SCAN_ROWS):
+        rows = array[start : start + _SCAN_ROWS]
+        bad = ~np.isfinite(rows).reshape(len(rows), -1).all(axis=1)
         found = int(bad.sum())
         if found and first < 0:
-            first = start + int(bad.nonzero()[0, 0])
+            first = start + int(np.flatnonzero(bad)[0])
         count += found
     return count, first
 
 
-def validated_tensors(
-    images: Any, magnitudes: Any, redshifts: Any, where: str | Path
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The tensors as float32, or DataFormatError (prefixed with `where`) unless they form a
-    valid partition (see the module doc)."""
-    given = {"images": images, "magnitudes": magnitudes, "redshifts": redshifts}
-    tensors = {
-        name: _checked(name, tensor, where)
-        for name, tensor in given.items()
-        if tensor is not None or name != "redshifts"
-    }
-    count = tensors["images"].shape[0]
-    for name, tensor in tensors.items():
-        if tensor.shape[0] != count:
+def _is_tensor(value: Any) -> bool:
+    return type(value).__module__.startswith("torch") and hasattr(value, "numpy")
+
+
+def _as_array(name: str, value: Any, where: str | Path, arrays: bool) -> np.ndarray:
+    """A torch tensor as a NumPy view of the same memory, or (`arrays`) a NumPy array."""
+    if arrays and isinstance(value, np.ndarray):
+        return value
+    if _is_tensor(value):
+        if _dtype_name(value.dtype).removeprefix("torch.") not in ACCEPTED_DTYPES:
             raise DataFormatError(
-                f"{where}: images has {count} samples but {name} has {tensor.shape[0]}; "
+                f"{where}: {name} has dtype {value.dtype}; accepted dtypes are {_accepted()} "
+                "(read as float32); convert with .float()"
+            )
+        return value.detach().cpu().numpy()
+    raise DataFormatError(f"{where}: {name} is a {type(value).__name__}, expected a torch.Tensor")
+
+
+def validated_arrays(
+    images: Any, magnitudes: Any, redshifts: Any, where: str | Path, *, arrays: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The tensors (or, `arrays`, NumPy arrays too) as float32 arrays, or DataFormatError
+    (prefixed with `where`) unless they form a valid partition (see the module doc)."""
+    given = {"images": images, "magnitudes": magnitudes, "redshifts": redshifts}
+    stored = {
+        name: _as_array(name, value, where, arrays)
+        for name, value in given.items()
+        if value is not None or name != "redshifts"
+    }
+    arrays = {name: _checked(name, array, where) for name, array in stored.items()}
+    count = arrays["images"].shape[0]
+    for name, array in arrays.items():
+        if array.shape[0] != count:
+            raise DataFormatError(
+                f"{where}: images has {count} samples but {name} has {array.shape[0]}; "
                 "every tensor needs one row per sample"
             )
-    for name, tensor in tensors.items():
-        bad, first = _non_finite(tensor)
+    for name, array in arrays.items():
+        bad, first = _non_finite(array)
         if bad:
             overflow = (
-                " (or values beyond float32's range)" if given[name].dtype == torch.float64 else ""
+                " (or values beyond float32's range)" if stored[name].dtype == np.float64 else ""
             )
             raise DataFormatError(
                 f"{where}: {name} contain NaN or inf{overflow} in {bad} sample(s), first at "
                 f"sample {first}; drop or impute those samples and write the partition again"
             )
-    return tensors["images"], tensors["magnitudes"], tensors.get("redshifts")
+    return arrays["images"], arrays["magnitudes"], arrays.get("redshifts")
 
 
 def check_suffix(path: Path, where: str | Path | None = None) -> None:
@@ -168,13 +193,13 @@ def check_suffix(path: Path, where: str | Path | None = None) -> None:
         )
 
 
-def read_partition(
+def read_partition_arrays(
     path: str | Path, *, trust_pickle: bool = False, name: str | None = None
 ) -> Partition:
-    """Read and validate one partition file (format chosen by suffix) as float32 tensors.
+    """Read and validate one partition file (format chosen by suffix) as float32 NumPy arrays.
 
     `name` is how messages name the file (default: `path`), e.g. the object it was downloaded
-    from.
+    from. A `.safetensors` file is read without PyTorch; a `.pt` file needs it.
     """
     path = Path(path)
     where = name or str(path)
@@ -187,38 +212,53 @@ def read_partition(
         stored = _read_safetensors(path, where)
     else:
         stored = _read_pt(path, trust_pickle, where)
-    images, magnitudes, redshifts = validated_tensors(*stored, where)
+    images, magnitudes, redshifts = validated_arrays(*stored, where, arrays=True)
     input_bytes = stored[0].nbytes + stored[1].nbytes
     return Partition(images, magnitudes, redshifts, path, where, input_bytes)
 
 
+def read_partition(
+    path: str | Path, *, trust_pickle: bool = False, name: str | None = None
+) -> Partition:
+    """`read_partition_arrays` with the data as torch tensors (no copy)."""
+    import torch
+
+    part = read_partition_arrays(path, trust_pickle=trust_pickle, name=name)
+    redshifts = None if part.redshifts is None else torch.from_numpy(part.redshifts)
+    return Partition(
+        torch.from_numpy(part.images),
+        torch.from_numpy(part.magnitudes),
+        redshifts,
+        part.path,
+        part.name,
+        part.input_bytes,
+    )
+
+
 def _read_safetensors(path: Path, where: str) -> tuple[Any, Any, Any]:
-    """The file's tensors as stored (validated by the caller)."""
+    """The file's arrays as stored (validated by the caller)."""
     try:
-        with safe_open(path, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            names = set(handle.keys())
-            _check_names(where, names)
-            tensors = {name: handle.get_tensor(name) for name in names}
-    except SafetensorError as err:
+        arrays, metadata = read_arrays(path)
+    except (SafetensorsFormatError, OSError) as err:
         raise DataFormatError(
             f"{where}: cannot be read as safetensors ({err}); the file is corrupt or truncated, "
             "re-create or re-download it"
         ) from err
+    _check_names(where, set(arrays))
     found = metadata.get("format")
     if found != FORMAT_ID:
         raise DataFormatError(
             f"{where}: metadata format is {found!r}, expected {FORMAT_ID!r}; write partitions "
             "with `cosmicai partition` or cosmicai.inference.partition_io.write_partition"
         )
-    images = tensors["images"]
-    held = images.shape[0] if images.dim() else None
+    images = arrays["images"]
+    held = images.shape[0] if images.ndim else None
     if metadata.get("samples") != str(held):
         raise DataFormatError(
             f"{where}: metadata says {metadata.get('samples')} samples but images holds "
             f"{held}; the file is inconsistent, re-create it"
         )
-    return images, tensors["magnitudes"], tensors.get("redshifts")
+    return images, arrays["magnitudes"], arrays.get("redshifts")
 
 
 def _check_names(where: str, names: set[str]) -> None:
@@ -233,6 +273,9 @@ def _check_names(where: str, names: set[str]) -> None:
 
 def _read_pt(path: Path, trust_pickle: bool, where: str) -> tuple[Any, Any, Any]:
     """The file's tensors as stored (validated by the caller)."""
+    import torch
+    from torch.utils.data import TensorDataset
+
     mmap = zipfile.is_zipfile(path)  # legacy (pre-zip) torch files cannot be memory-mapped
     try:
         if trust_pickle:
@@ -260,6 +303,9 @@ def _read_pt(path: Path, trust_pickle: bool, where: str) -> tuple[Any, Any, Any]
 
 def _unsafe_globals(path: Path) -> list[str]:
     """Globals the file needs beyond the allow-list ([] when it cannot even be scanned)."""
+    import torch
+    from torch.utils.data import TensorDataset
+
     try:
         with torch.serialization.safe_globals([TensorDataset]):
             return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
@@ -268,6 +314,9 @@ def _unsafe_globals(path: Path) -> list[str]:
 
 
 def _tensors_from_object(where: str, obj: Any) -> tuple[Any, Any, Any]:
+    from torch import Tensor
+    from torch.utils.data import TensorDataset
+
     expected = "a TensorDataset(images, magnitudes[, redshifts]) or a tuple, list or dict of them"
     if isinstance(obj, TensorDataset):
         items = tuple(obj.tensors)
@@ -309,8 +358,8 @@ class AtomicFile:
         self.tmp.unlink(missing_ok=True)
 
 
-def _write_view(handle: BinaryIO, tensor: Tensor) -> None:
-    handle.write(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+def _write_view(handle: BinaryIO, array: np.ndarray) -> None:
+    handle.write(np.ascontiguousarray(array).data)
 
 
 class PartitionWriter:
@@ -335,7 +384,7 @@ class PartitionWriter:
         start = 0
         for name in names:
             row_shape = _ROW_SHAPES[name]
-            row_bytes = 4 * int(torch.Size(row_shape).numel())
+            row_bytes = 4 * math.prod(row_shape)
             end = start + samples * row_bytes
             header[name] = {
                 "dtype": "F32",
@@ -352,7 +401,12 @@ class PartitionWriter:
 
     def write(self, images: Tensor, magnitudes: Tensor, redshifts: Tensor | None = None) -> None:
         """Append a chunk of samples (validated and converted like a whole partition)."""
-        images, magnitudes, redshifts = validated_tensors(images, magnitudes, redshifts, self.path)
+        self.write_arrays(*validated_arrays(images, magnitudes, redshifts, self.path))
+
+    def write_arrays(
+        self, images: np.ndarray, magnitudes: np.ndarray, redshifts: np.ndarray | None
+    ) -> None:
+        """Append a chunk already validated as float32 arrays (`validated_arrays`)."""
         if (redshifts is not None) != self.labelled:
             state = "labelled" if self.labelled else "unlabelled"
             raise DataFormatError(
@@ -401,7 +455,7 @@ def _own_storage(tensor: Tensor) -> Tensor:
         and tensor.storage_offset() == 0
         and tensor.untyped_storage().nbytes() == tensor.nbytes
     )
-    return tensor if compact else tensor.clone(memory_format=torch.contiguous_format)
+    return tensor if compact else tensor.clone()
 
 
 def write_partition(
@@ -411,15 +465,19 @@ def write_partition(
     written."""
     path = Path(path)
     check_suffix(path)
-    images, magnitudes, redshifts = validated_tensors(images, magnitudes, redshifts, path)
+    images, magnitudes, redshifts = validated_arrays(images, magnitudes, redshifts, path)
     if path.suffix == _SAFETENSORS_SUFFIX:
         with PartitionWriter(path, len(images), labelled=redshifts is not None) as writer:
-            writer.write(images, magnitudes, redshifts)
+            writer.write_arrays(images, magnitudes, redshifts)
         return path.stat().st_size
-    tensors = [images, magnitudes] if redshifts is None else [images, magnitudes, redshifts]
+    import torch
+    from torch.utils.data import TensorDataset
+
+    arrays = [images, magnitudes] if redshifts is None else [images, magnitudes, redshifts]
+    tensors = [_own_storage(torch.from_numpy(np.ascontiguousarray(a))) for a in arrays]
     target = AtomicFile(path)
     try:
-        torch.save(TensorDataset(*(_own_storage(t) for t in tensors)), target.handle)
+        torch.save(TensorDataset(*tensors), target.handle)
     except BaseException:
         target.discard()
         raise
