@@ -86,6 +86,7 @@ class _Context:
 
     aws_request_id = "smoke-request"
     function_name = "cosmicai-executor"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:cosmicai-executor"
     memory_limit_in_mb = 1024
 
     def get_remaining_time_in_millis(self) -> int:
