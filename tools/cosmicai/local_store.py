@@ -1,4 +1,4 @@
-"""The local cloud's persistent S3: a folder `<home>/s3/<bucket>/<key>`.
+"""The local store: the local cloud's persistent S3, a folder `<home>/s3/<bucket>/<key>`.
 
 The emulator's S3 lives only as long as one command, so local runs read their inputs from this
 folder (uploaded into the emulator when a run starts) and leave their outputs here (downloaded
