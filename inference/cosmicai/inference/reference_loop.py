@@ -1,4 +1,4 @@
-"""The CosmicAI reference workflow's inference loop, reproduced for the engine benchmark only.
+"""The CosmicAI reference workflow's inference loop, reproduced for the benchmarks only.
 
 It does what the reference executor (AI-for-Astronomy `aws/inference.py`) does per rank:
 download the `.pt` partition into an in-memory `BytesIO` and `torch.load` the TensorDataset
@@ -21,7 +21,7 @@ import io
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -39,21 +39,26 @@ class ReferenceRun:
     reported: dict[str, Any]
 
 
-def load_reference_data(path: Path) -> TensorDataset:
-    """Read the file into a BytesIO (as the reference's S3 download does), then torch.load it."""
-    buffer = io.BytesIO()
-    with open(path, "rb") as source:
-        shutil.copyfileobj(source, buffer)
+def load_reference_data(source: Path | BinaryIO) -> TensorDataset:
+    """torch.load the TensorDataset from a buffer (the reference downloads the object from S3
+    into a BytesIO), or from a file read into a BytesIO first."""
+    if isinstance(source, Path):
+        buffer: BinaryIO = io.BytesIO()
+        with open(source, "rb") as file:
+            shutil.copyfileobj(file, buffer)
+    else:
+        buffer = source
     buffer.seek(0)
     with torch.serialization.safe_globals([TensorDataset]):
         return torch.load(buffer, weights_only=True)
 
 
 def run_reference(
-    model: nn.Module, path: Path, batch_size: int, device: str = "cpu"
+    model: nn.Module, source: Path | BinaryIO, batch_size: int, device: str = "cpu"
 ) -> ReferenceRun:
-    """Run the reference loop over one `.pt` partition; threads are the caller's setting."""
-    loader = DataLoader(load_reference_data(path), batch_size=batch_size)
+    """Run the reference loop over one `.pt` partition (a file, or its bytes in a buffer);
+    threads are the caller's setting."""
+    loader = DataLoader(load_reference_data(source), batch_size=batch_size)
     model.eval()
     predictions: list[float] = []
     num_batches = num_samples = data_bits = 0
@@ -62,8 +67,10 @@ def run_reference(
             image = data[0].to(device)
             magnitude = data[1].to(device)
             predictions += model(image, magnitude).tolist()
-            data_bits += 8 * (image.element_size() * image.nelement()
-                              + magnitude.element_size() * magnitude.nelement())
+            data_bits += 8 * (
+                image.element_size() * image.nelement()
+                + magnitude.element_size() * magnitude.nelement()
+            )
             num_batches += 1
             num_samples += len(image)
             gc.collect()

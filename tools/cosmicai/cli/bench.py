@@ -1,5 +1,5 @@
-"""`cosmicai bench engine | pipeline`: the engine against the reference loop, and the local
-pipeline against the engine alone."""
+"""`cosmicai bench engine | pipeline | cost`: the engine against the reference loop, the local
+pipeline against the engine alone, and a rank's Lambda cost, the reference executor's and ours."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cosmicai.cli.argtypes import positive_int
+from cosmicai.cli.argtypes import finite_number, positive_int, whole_number
 from cosmicai.cli.output import print_json, table
+from cosmicai.cost import ARCHES, MEMORY_RANGE_MB
+from cosmicai.errors import CosmicAIError
 from cosmicai.safe_input import writable_dir
 
 
@@ -65,6 +67,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_output_arguments(pipeline, "pipeline")
     pipeline.set_defaults(func=run_bench_pipeline)
 
+    cost = benchmarks.add_parser(
+        "cost",
+        help="Lambda cost per million samples: one reference rank vs one of ours",
+        description=(
+            "On one synthetic partition and the full-size model, each in a fresh process, against "
+            "a local S3 server: one rank of the reference executor's behaviour and one of our "
+            "executor (run_rank) per engine backend. Their measured init, download and compute "
+            "are priced as cold Lambda invocations: the reference at 10,240 MB, ours at "
+            "--memory-mb or the smallest memory that holds its peak RSS with headroom and one "
+            "vCPU, compute scaled to the vCPUs Lambda gives that memory. Target: cost_ratio "
+            "(ours / reference) <= 0.5."
+        ),
+    )
+    cost.add_argument(
+        "--partition-mb",
+        type=_partition_mb,
+        default=25.0,
+        metavar="MB",
+        help="partition size in MiB, as `cosmicai partition --size` makes them (default: 25)",
+    )
+    cost.add_argument(
+        "--memory-mb",
+        type=whole_number(*MEMORY_RANGE_MB),
+        default=None,
+        metavar="M",
+        help="ours' Lambda memory (default: the smallest that holds its measured peak RSS with "
+        "25%% headroom and at least one full vCPU, 1,769 MB)",
+    )
+    cost.add_argument("--arch", choices=ARCHES, default="x86_64", help="Lambda architecture")
+    cost.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime", "all"),
+        default="all",
+        help="engine backend(s) of ours to measure (default: every available one)",
+    )
+    _add_output_arguments(cost, "cost")
+    cost.add_argument(
+        "--model-size", choices=("full", "tiny"), default="full", help=argparse.SUPPRESS
+    )
+    cost.set_defaults(func=run_bench_cost)
+
+
+def _partition_mb(text: str) -> float:
+    """A partition size in MiB that holds at least one sample."""
+    from cosmicai.inference.partitioning import samples_per_file
+
+    size = finite_number(0.0, 10240.0)(text)
+    try:
+        samples_per_file(size)
+    except CosmicAIError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return size
+
 
 def _add_output_arguments(parser: argparse.ArgumentParser, benchmark: str) -> None:
     parser.add_argument(
@@ -109,6 +164,20 @@ def run_bench_pipeline(args: argparse.Namespace) -> int:
         model_size=args.model_size,
     )
     return _finish(args, out, result, pipeline_report)
+
+
+def run_bench_cost(args: argparse.Namespace) -> int:
+    out = _result_path(args, "cost")
+    from cosmicai.bench_cost import run_benchmark
+
+    result = run_benchmark(
+        partition_mb=args.partition_mb,
+        memory_mb=args.memory_mb,
+        arch=args.arch,
+        backend=args.backend,
+        model_size=args.model_size,
+    )
+    return _finish(args, out, result, cost_report)
 
 
 def _finish(
@@ -179,3 +248,63 @@ def _predictions_text(predictions: dict[str, Any]) -> str:
             f"differ by <= {diff:.2g} (eager GEMM edge-tile rounding)"
         )
     return f"NO: {differing} sample(s) differ, max |diff| {diff:.3g}"
+
+
+def cost_report(result: dict[str, Any]) -> str:
+    """Measured phases, the Lambda model of each side, the ratio, and what it assumes."""
+    sides = [
+        {"side": "reference", **result["reference"], "backend": "-"},
+        *({"side": "ours", **side} for side in result["ours_by_backend"].values()),
+    ]
+    measured = (
+        ("side", "side", "s"),
+        ("backend", "backend", "s"),
+        ("init s", "init_s", ".2f"),
+        ("download s", "download_s", ".3f"),
+        ("compute s", "compute_s", ".2f"),
+        ("total s", "total_s", ".2f"),
+        ("samples", "samples", "d"),
+        ("threads", "threads", "d"),
+        ("peak RSS MB", "peak_rss_mb", ".0f"),
+        ("load avg", "load_average_after", ".1f"),
+    )
+    modelled = (
+        ("side", "side", "s"),
+        ("backend", "backend", "s"),
+        ("memory MB", "memory_mb", "d"),
+        ("vCPUs", "vcpus", ".2f"),
+        ("compute s", "lambda_compute_s", ".2f"),
+        ("billed s", "billed_s", ".2f"),
+        ("GB-s", "gb_s", ".2f"),
+        ("$/invocation", "usd_per_invocation", ".7f"),
+        ("$/M samples", "usd_per_million_samples", ".3f"),
+    )
+    for side in sides:
+        lam = side["lambda"]
+        side.update(lambda_compute_s=lam["compute_s"], billed_s=lam["billed_s"],
+                    gb_s=lam["gb_s"], usd_per_invocation=lam["usd_per_invocation"])  # fmt: skip
+    ours, targets, machine = result["ours"], result["targets"], result["machine"]
+    lines = [
+        f"cost benchmark: one {result['partition_mb']:g} MB partition ({result['samples']} "
+        f"samples), {result['model_size']} model, batch {result['batch_size']}, "
+        f"{result['arch']}, prices {result['prices_version']} ({result['region']})",
+        f"measured here ({machine['cpu_model']}, {machine['cores']} CPUs, load average "
+        + "/".join(f"{load:.1f}" for load in machine["load_average"])
+        + " over 1/5/15 min):",
+        table(sides, measured),
+        "modelled on Lambda (cold invocation, Init billed):",
+        table(sides, modelled),
+        f"cost ratio ours/reference {result['cost_ratio']:.3f} (target <= "
+        f"{targets['cost_ratio_max']}): {'met' if targets['met'] else 'NOT met'}; "
+        f"recommended backend: {result['recommended_backend']}",
+        f"ours' memory: {ours['memory_mb']} MB, {ours['memory_choice']}",
+    ]
+    lines += [
+        f"WARNING: {side['side']} ({side['backend']}) peaked at {side['peak_rss_mb']:.0f} MB, "
+        f"more than its {side['memory_mb']} MB: Lambda would end it"
+        for side in sides
+        if not side["memory_fits"]
+    ]
+    lines.append("assumptions:")
+    lines += [f"- {assumption}" for assumption in result["assumptions"]]
+    return "\n".join(lines)
