@@ -236,15 +236,19 @@ def onnx_model(
     found = _read_sidecar(target, digest, micro_batch)
     if found is not None:
         return found
-    return export_onnx(
-        checkpoint,
-        target,
-        micro_batch,
-        digest,
-        config=config or _config(model_size),
-        trust_pickle=trust_pickle,
-        seed=seed,
-    )
+    with _export_lock(target):  # ranks starting together export once; the others wait
+        found = _read_sidecar(target, digest, micro_batch)
+        if found is not None:
+            return found
+        return export_onnx(
+            checkpoint,
+            target,
+            micro_batch,
+            digest,
+            config=config or _config(model_size),
+            trust_pickle=trust_pickle,
+            seed=seed,
+        )
 
 
 def export_onnx(
@@ -331,6 +335,19 @@ def _read_sidecar(target: Path, digest: str, micro_batch: int) -> OnnxModel | No
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None  # missing or unreadable: export again
+
+
+@contextmanager
+def _export_lock(target: Path) -> Iterator[None]:
+    """An exclusive lock on `<target>.lock` (advisory, released when the process ends)."""
+    import fcntl
+
+    with open(target.with_name(target.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _sidecar(target: Path) -> Path:

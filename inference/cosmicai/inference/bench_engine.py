@@ -13,15 +13,16 @@ Wall time covers reading the data and inference (not the cold start, reported ap
 model's achieved GFLOP/s (analytic FLOPs per sample x samples/s) is set against fp32 matmul
 GFLOP/s measured in the same run with the same threads.
 
-Run a phase by hand: `python -m cosmicai.inference.bench_engine PHASE --data FILE --model FILE
---batch-size B --threads T --out RESULT.json`.
+A third phase runs the engine on the onnxruntime backend (the model's ONNX export, made once
+before the phase as `cosmicai model import` would): its cold start (process start to a first
+forward pass, which imports no torch) is set against the torch engine's, and its predictions
+against the torch engine's (target: within 1e-6, ready within 1.0 s). Each phase is
+`bench_phase` in a fresh interpreter.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -35,12 +36,12 @@ from typing import Any
 import torch
 
 from cosmicai.errors import CosmicAIError
-from cosmicai.inference.checkpoint import load_model, save_checkpoint
-from cosmicai.inference.engine import EngineConfig, available_cpus, peak_rss_mb, run_inference
+from cosmicai.inference.backends import onnx_model
+from cosmicai.inference.checkpoint import save_checkpoint
+from cosmicai.inference.engine import EngineConfig, available_cpus
 from cosmicai.inference.model import AstroMAEConfig, build_model, flops_per_sample
 from cosmicai.inference.partition_io import read_partition, write_partition
 from cosmicai.inference.partitioning import samples_per_file
-from cosmicai.inference.reference_loop import run_reference
 from cosmicai.inference.synthetic import make_data
 
 DEFAULT_SAMPLES = samples_per_file(100.0)  # what `cosmicai partition --size 100MB` puts in a file
@@ -48,8 +49,12 @@ MODEL_SIZES: dict[str, Callable[[], AstroMAEConfig]] = {
     "full": AstroMAEConfig,
     "tiny": AstroMAEConfig.tiny,
 }
-PHASES = ("reference", "engine")
-TARGETS = {"speedup_min": 1.3, "rss_ratio_max": 0.5}
+TARGETS = {
+    "speedup_min": 1.3,
+    "rss_ratio_max": 0.5,
+    "onnxruntime_cold_start_max_s": 1.0,
+    "onnxruntime_max_abs_diff": 1e-6,
+}
 MATMUL_SIZE = 2048
 
 
@@ -78,14 +83,22 @@ def run_benchmark(
         write_partition(work / "data.pt", part.images, part.magnitudes, part.redshifts)
         del part
         model = save_checkpoint(build_model(config, seed), work / "model.safetensors")
+        micro_batch = EngineConfig(batch_size=batch_size).resolved_micro_batch()
+        onnx_model(model, micro_batch)  # the export a deployment prepares once
         phases = {
             name: _run_phase(name, work, data, model, batch_size, threads)
-            for name, data in (("reference", work / "data.pt"), ("engine", ours))
+            for name, data in (
+                ("reference", work / "data.pt"),
+                ("engine", ours),
+                ("engine-onnxruntime", ours),
+            )
         }
-    reference, engine = phases["reference"], phases["engine"]
-    predictions = compare_predictions(
-        engine.pop("predictions"), reference.pop("predictions"), batch_size
+    reference, engine, onnx = phases["reference"], phases["engine"], phases["engine-onnxruntime"]
+    torch_predictions = engine.pop("predictions")
+    onnx_diff = max(
+        abs(a - b) for a, b in zip(onnx.pop("predictions"), torch_predictions, strict=True)
     )
+    predictions = compare_predictions(torch_predictions, reference.pop("predictions"), batch_size)
     model_flops = flops_per_sample(config) * engine["samples_per_s"] / 1e9
     matmul = matmul_gflops(threads)
     speedup = engine["samples_per_s"] / reference["samples_per_s"]
@@ -94,6 +107,8 @@ def run_benchmark(
         "speedup": speedup >= TARGETS["speedup_min"],
         "rss_ratio": rss_ratio <= TARGETS["rss_ratio_max"],
         "predictions": predictions["identical_in_full_batches"],
+        "onnxruntime_cold_start": onnx["cold_start_s"] <= TARGETS["onnxruntime_cold_start_max_s"],
+        "onnxruntime_predictions": onnx_diff <= TARGETS["onnxruntime_max_abs_diff"],
     }
     return {
         "benchmark": "engine",
@@ -105,20 +120,23 @@ def run_benchmark(
         "flops_per_sample": flops_per_sample(config),
         "reference": reference,
         "engine": engine,
+        "engine_onnxruntime": {**onnx, "max_abs_diff_vs_torch": onnx_diff},
+        "cold_start_s": {"torch": engine["cold_start_s"], "onnxruntime": onnx["cold_start_s"]},
         "speedup": speedup,
         "rss_ratio": rss_ratio,
         "gflops": {"model": model_flops, "matmul": matmul, "fraction": model_flops / matmul},
         "predictions_identical": predictions["identical"],
         "predictions": predictions,
-        "targets": {**TARGETS, **{f"{name}_met": ok for name, ok in met.items()},
-                    "met": all(met.values())},
+        "targets": {
+            **TARGETS,
+            **{f"{name}_met": ok for name, ok in met.items()},
+            "met": all(met.values()),
+        },
         "machine": machine_info(threads),
     }
 
 
-def compare_predictions(
-    engine: list[float], eager: list[float], batch_size: int
-) -> dict[str, Any]:
+def compare_predictions(engine: list[float], eager: list[float], batch_size: int) -> dict[str, Any]:
     """Bitwise comparison of the engine with eager fp32 (the reference loop).
 
     Eager fp32 is itself not batch-shape invariant: in a batch whose row count is not a multiple
@@ -146,11 +164,24 @@ def compare_predictions(
 def _run_phase(
     phase: str, work: Path, data: Path, model: Path, batch_size: int, threads: int
 ) -> dict[str, Any]:
-    """Run one phase in a fresh interpreter; add its cold start (spawn to model ready)."""
+    """Run one phase in a fresh interpreter; add its cold start (spawn to a first forward
+    pass)."""
     out = work / f"{phase}.json"
     command = [
-        sys.executable, "-m", __name__, phase, "--data", str(data), "--model", str(model),
-        "--batch-size", str(batch_size), "--threads", str(threads), "--out", str(out),
+        sys.executable,
+        "-m",
+        "cosmicai.inference.bench_phase",
+        phase,
+        "--data",
+        str(data),
+        "--model",
+        str(model),
+        "--batch-size",
+        str(batch_size),
+        "--threads",
+        str(threads),
+        "--out",
+        str(out),
     ]
     spawned = time.time()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -203,45 +234,3 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _phase_main(argv: list[str] | None = None) -> None:
-    """Child process: load the model, mark it ready, run one phase, write the result JSON."""
-    parser = argparse.ArgumentParser(prog=f"python -m {__name__}")
-    parser.add_argument("phase", choices=PHASES)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--batch-size", type=int, required=True)
-    parser.add_argument("--threads", type=int, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    loaded = load_model(args.model)
-    ready_at = time.time()
-    start = time.perf_counter()
-    if args.phase == "reference":
-        run = run_reference(loaded.model, args.data, args.batch_size)
-        predictions, samples = run.predictions, run.samples
-        details: dict[str, Any] = {"num_batches": run.num_batches, "reported": run.reported}
-    else:
-        config = EngineConfig(batch_size=args.batch_size, threads=args.threads)
-        result = run_inference(loaded, [args.data], config)
-        predictions, samples = result.predictions, result.record["samples"]
-        details = {key: result.record[key] for key in
-                   ("num_batches", "micro_batch", "padded_samples", "load_s", "compute_s")}
-    wall_s = time.perf_counter() - start
-    summary = {
-        "samples_per_s": samples / wall_s,
-        "wall_s": wall_s,
-        "peak_rss_mb": peak_rss_mb(),
-        "ready_at": ready_at,
-        "samples": samples,
-        "load_average_1min": os.getloadavg()[0],  # other work on the machine skews the timings
-        **details,
-        "predictions": predictions,
-    }
-    args.out.write_text(json.dumps(summary))
-
-
-if __name__ == "__main__":
-    _phase_main()
