@@ -26,7 +26,7 @@ from moto.server import ThreadedMotoServer
 
 from cosmicai.claims import STARTING_GRACE_S, ClaimedError, Claims, S3Claims
 from cosmicai.errors import CosmicAIError
-from cosmicai.localcloud.mirror import LocalS3Mirror, MirrorClaims
+from cosmicai.local_store import LocalS3Mirror, MirrorClaims
 from cosmicai.localcloud.session import run_local
 from cosmicai.payload import Payload, validate_payload
 from cosmicai.pipeline.layout import RunLayout, result_claim_key

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -121,3 +122,60 @@ def test_ctrl_c_leaves_no_processes_behind(home: Path) -> None:
     time.sleep(1)
     alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert alive == []
+
+
+VERSIONED_SCRIPT = (
+    "import json, os\n"
+    "json.dump({'rank': int(os.environ['RANK']), 'version': VERSION},\n"
+    "          open(os.environ['COSMICAI_RESULT_FILE'], 'w'))\n"
+)
+
+
+def test_status_and_results_of_an_overwrite_rerun_are_the_reruns(
+    tmp_path: Path, aws_standin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--overwrite` re-runs are executions `<run_id>-<epoch>`: `status` and `results --aws`
+    find the run by its id and show its latest re-run (a live local cloud standing in for AWS)."""
+    from cosmicai.cli.main import main
+
+    cloud, target = aws_standin
+    s3 = target.client("s3")
+    for i in range(2):
+        s3.put_object(Bucket="cosmicai-data", Key=f"parts/part-{i}.safetensors", Body=b"x")
+    payload = tmp_path / "payload.json"
+    payload.write_text(
+        json.dumps(
+            {
+                "bucket": target.runs_bucket,
+                "data_bucket": "cosmicai-data",
+                "data_prefix": "parts",
+                "result_path": "results/rerun",
+                "S3_object_name": "code",
+                "script": "job.py",
+                "world_size": 2,
+                "team": "cli",
+            }
+        )
+    )
+    flags = ["--aws", "--state-machine-arn", target.state_machine_arn,
+             "--bucket", target.runs_bucket, "--region", cloud.region]  # fmt: skip
+    run_id = "cli-rerun-0001"
+    started = []
+    for version in (1, 2):  # the first is already a re-run: no execution is named `run_id`
+        body = f"VERSION = {version}\n{VERSIONED_SCRIPT}".encode()
+        s3.put_object(Bucket=target.runs_bucket, Key="code/job.py", Body=body)
+        args = ["run", str(payload), *flags, "--run-id", run_id, "--overwrite", "--json"]
+        assert main(args) == 0, capsys.readouterr().err
+        out = capsys.readouterr().out
+        execution = json.loads(out[out.index("{") :])["execution"]
+        assert execution["name"].startswith(f"{run_id}-")
+        started.append(datetime.fromisoformat(execution["startDate"]))
+    assert started[0] < started[1]
+
+    assert main(["status", run_id, *flags, "--json"]) == 0, capsys.readouterr().err
+    status = json.loads(capsys.readouterr().out)
+    assert status["execution_status"] == "SUCCEEDED" and status["run_status"] == "succeeded"
+    assert datetime.fromisoformat(status["started"]) == started[1]
+    assert main(["results", run_id, *flags, "--out", str(tmp_path / "copy")]) == 0
+    combined = json.loads((tmp_path / "copy" / run_id / "combined_data.json").read_text())
+    assert [(r["rank"], r["script_result"]["version"]) for r in combined] == [(0, 2), (1, 2)]

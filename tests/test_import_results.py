@@ -12,7 +12,7 @@ import pytest
 from cosmicai.cli.main import main
 from cosmicai.pipeline.layout import check_run_id
 from cosmicai.reference_results import reference_samples
-from cosmicai.run_metrics import LocalRuns
+from cosmicai.run_store import LocalRuns
 
 FIXTURE = Path(__file__).parent / "fixtures" / "reference_run" / "combined_data.json"
 IMPORTED = "imported-aws-100mb"

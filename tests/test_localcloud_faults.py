@@ -198,7 +198,7 @@ def test_an_input_the_local_cloud_cannot_store_is_an_error_naming_it(tmp_path: P
     from moto.server import ThreadedMotoServer
 
     from cosmicai.errors import CosmicAIError
-    from cosmicai.localcloud.mirror import LocalS3Mirror
+    from cosmicai.local_store import LocalS3Mirror
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from cosmicai.local_store import LocalS3Mirror
 from cosmicai.localcloud.cloud import LocalCloud
-from cosmicai.localcloud.mirror import LocalS3Mirror
 from cosmicai.localcloud.session import upload_inputs
 from cosmicai.payload import load_payload
 from cosmicai.rendezvous.probe import RendezvousError

@@ -13,8 +13,8 @@ import pytest
 
 from cosmicai.defaults import RANK_MAX_RETRIES, FunctionSettings
 from cosmicai.errors import CosmicAIError
+from cosmicai.local_store import LocalS3Mirror
 from cosmicai.localcloud.cloud import LocalCloud
-from cosmicai.localcloud.mirror import LocalS3Mirror
 from cosmicai.localcloud.session import upload_inputs
 from cosmicai.payload import validate_payload
 from cosmicai.runner import check_fresh, follow, outcome_error, read_json, start_run

@@ -21,14 +21,15 @@ from cosmicai.claims import ClaimedError, claim_body
 from cosmicai.cli.main import main
 from cosmicai.defaults import RANK_MAX_RETRIES
 from cosmicai.errors import CosmicAIError
+from cosmicai.local_store import LocalS3Mirror, MirrorClaims
 from cosmicai.localcloud.cloud import LocalCloud
-from cosmicai.localcloud.mirror import LocalS3Mirror, MirrorClaims
 from cosmicai.localcloud.session import redrive_local, run_local
 from cosmicai.payload import Payload, validate_payload
 from cosmicai.pipeline.layout import RunLayout, result_claim_key
 from cosmicai.report_html import render_html
 from cosmicai.run_cost import cost_of_run
-from cosmicai.run_metrics import LocalRuns, load_run
+from cosmicai.run_metrics import load_run
+from cosmicai.run_store import LocalRuns
 from cosmicai.runner import step_functions_can_redrive
 from cosmicai.target import Target
 

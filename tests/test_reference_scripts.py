@@ -16,8 +16,8 @@ import torch
 
 from cosmicai.defaults import FunctionSettings
 from cosmicai.inference.partition_io import write_partition
+from cosmicai.local_store import LocalS3Mirror
 from cosmicai.localcloud.cloud import LocalCloud
-from cosmicai.localcloud.mirror import LocalS3Mirror
 from cosmicai.localcloud.session import upload_inputs
 from cosmicai.payload import validate_payload
 from cosmicai.runner import follow, read_json, start_run

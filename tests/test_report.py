@@ -18,7 +18,8 @@ from cosmicai.cli.main import main
 from cosmicai.defaults import FUNCTIONS
 from cosmicai.report_html import render_html
 from cosmicai.run_cost import cost_of_run
-from cosmicai.run_metrics import LocalRuns, load_run
+from cosmicai.run_metrics import load_run
+from cosmicai.run_store import LocalRuns
 
 SECTIONS = {"status", "timeline", "ranks", "cost", "predictions", "invocations", "payload"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -14,21 +14,14 @@ import pytest
 
 from cosmicai.defaults import FUNCTIONS, RANK_MAX_RETRIES
 from cosmicai.lambda_report import ReportLine, parse_report_lines
+from cosmicai.local_store import LocalS3Mirror, MirrorClaims
 from cosmicai.localcloud.cloud import LocalCloud
-from cosmicai.localcloud.mirror import LocalS3Mirror, MirrorClaims
 from cosmicai.localcloud.session import run_local, save_logs, upload_inputs
 from cosmicai.payload import validate_payload
 from cosmicai.report_html import render_html
 from cosmicai.run_cost import cost_of_run, parent_transitions, template_parent_transitions
-from cosmicai.run_metrics import (
-    CloudRuns,
-    LocalRuns,
-    LogEvent,
-    fetch_history,
-    join_events,
-    load_run,
-    number_attempts,
-)
+from cosmicai.run_metrics import join_events, load_run, number_attempts
+from cosmicai.run_store import CloudRuns, LocalRuns, LogEvent, fetch_history
 from cosmicai.runner import follow, start_run
 
 # us-east-1 prices, as the AWS pricing pages state them

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cosmicai.errors import CheckpointError
-from cosmicai.localcloud.mirror import LocalS3Mirror
+from cosmicai.local_store import LocalS3Mirror
 from cosmicai.payload import PayloadError, validate_payload
 from cosmicai.pipeline.s3objects import S3LocationError, check_bucket, check_key, split_s3_uri
 from cosmicai.safe_input import (

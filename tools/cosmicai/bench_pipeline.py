@@ -26,7 +26,7 @@ from typing import Any
 
 from cosmicai.demo import demo_payload, prepare_demo_data
 from cosmicai.errors import CosmicAIError
-from cosmicai.localcloud.mirror import LocalS3Mirror
+from cosmicai.local_store import LocalS3Mirror
 from cosmicai.pipeline.layout import new_run_id
 
 TARGET = {"ratio": 1.15, "slack_s": 3.0}

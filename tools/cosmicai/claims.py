@@ -1,7 +1,7 @@
 """Runs claim their run id and their result_path before anything else is written.
 
 A claim is a small JSON object created only if absent: on S3 a conditional write
-(`IfNoneMatch="*"`), in the local store an exclusive create (see `localcloud.mirror`). Of runs
+(`IfNoneMatch="*"`), in the local store an exclusive create (see `local_store`). Of runs
 started at the same moment with the same run id or result_path exactly one wins; the others are
 refused before they write anything. `--overwrite` takes a claim over only from a finished run,
 conditionally on the claim not having changed since it was read (S3 `IfMatch`).

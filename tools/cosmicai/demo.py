@@ -10,7 +10,7 @@ import math
 import shutil
 from pathlib import Path
 
-from cosmicai.localcloud.mirror import LocalS3Mirror
+from cosmicai.local_store import LocalS3Mirror
 from cosmicai.payload import Payload, validate_payload
 
 DEMO_DATA_BUCKET = "cosmicai-data"

@@ -24,7 +24,7 @@ from cosmicai.pipeline.layout import RunLayout, check_run_id
 from cosmicai.safe_input import MAX_RECORD_BYTES, read_json_file
 
 if TYPE_CHECKING:  # the executor imports this module; it has no local cloud
-    from cosmicai.localcloud.mirror import LocalS3Mirror
+    from cosmicai.local_store import LocalS3Mirror
 
 REFERENCE_FIELDS = (
     "total_cpu_time (seconds)",
@@ -176,7 +176,7 @@ def import_results(
 
     `name` defaults to the file's folder name (e.g. "run 1" -> "run-1").
     """
-    from cosmicai.localcloud.mirror import LocalS3Mirror
+    from cosmicai.local_store import LocalS3Mirror
 
     mirror = mirror or LocalS3Mirror()
     records = check_records(read_json_file(path, max_bytes=MAX_RECORD_BYTES), str(path))

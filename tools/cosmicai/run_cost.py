@@ -42,7 +42,8 @@ from cosmicai.cost import (
     price_run,
     usage_from_reports,
 )
-from cosmicai.run_metrics import FunctionInfo, Invocation, RunData
+from cosmicai.run_metrics import Invocation, RunData
+from cosmicai.run_store import FunctionInfo
 
 DOWNLOAD_CHUNK_BYTES = 8 * 2**20  # boto3's download_file: ranged GETs of 8 MiB
 LIST_PAGE_KEYS = 1000

@@ -13,7 +13,6 @@ without a successful record run again, and Summarize combines every rank's recor
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -30,11 +29,18 @@ from cosmicai.claims import (
 )
 from cosmicai.errors import CosmicAIError
 from cosmicai.payload import Payload, validate_payload
-from cosmicai.pipeline.layout import RunLayout, check_run_id, new_run_id, result_claim_key
+from cosmicai.pipeline.layout import (
+    RunLayout,
+    check_run_id,
+    combined_key,
+    new_run_id,
+    result_claim_key,
+    result_summary_key,
+)
 from cosmicai.pipeline.s3objects import iter_objects
 from cosmicai.rendezvous.probe import require_rendezvous
-from cosmicai.run_metrics import RunStore, execution_failure
-from cosmicai.safe_input import MAX_RECORD_BYTES, UnreadableInput, json_object, parse_json_bytes
+from cosmicai.run_store import RunStore, execution_failure
+from cosmicai.safe_input import UnreadableInput, json_object
 from cosmicai.target import Target
 
 Exists = Callable[[str, str], bool]
@@ -62,13 +68,13 @@ def check_fresh(payload: Payload, run_id: str, exists: Exists, overwrite: bool) 
     """Refuse to reuse a completed run id or an existing result_path unless told to overwrite."""
     if overwrite:
         return
-    if exists(payload.bucket, RunLayout(run_id).summary_key):
+    layout = RunLayout(run_id)
+    if exists(payload.bucket, layout.summary_key):
         raise CosmicAIError(
-            f"run {run_id} already completed (s3://{payload.bucket}/runs/{run_id}/): use a new run "
-            f"id, or pass --overwrite to run it again."
+            f"run {run_id} already completed (s3://{payload.bucket}/{layout.prefix}): use a new "
+            f"run id, or pass --overwrite to run it again."
         )
-    for name in ("summary.json", "combined_data.json"):
-        key = f"{payload.result_prefix}/{name}"
+    for key in (result_summary_key(payload.result_prefix), combined_key(payload.result_prefix)):
         if exists(payload.bucket, key):
             raise CosmicAIError(
                 f"result_path {payload.result_prefix!r} already holds results "
@@ -101,7 +107,7 @@ def start_run(
     claims = claims or S3Claims(target)
     check_fresh(payload, run_id, claims.exists, overwrite)
     # Execution names are unique per state machine: a re-run of a run id gets a suffix.
-    execution_name = f"{run_id}-{int(time.time())}" if rerun else run_id
+    execution_name = RunLayout(run_id).rerun_name(int(time.time())) if rerun else run_id
     arn = execution_arn(target.state_machine_arn, execution_name)
     claimed = claim_run(claims, payload, run_id, arn, overwrite)
     try:
@@ -158,9 +164,9 @@ class Redrive:
     @property
     def number(self) -> int:
         """This redrive's number: one more than the run's latest redrive execution's."""
-        name = re.compile(rf"^{re.escape(self.run_id)}-redrive-(\d+)$")
-        done = [int(m.group(1)) for e in self.executions if (m := name.match(e.get("name", "")))]
-        return max(done, default=0) + 1
+        layout = RunLayout(self.run_id)
+        done = (layout.redrive_number(str(e.get("name", ""))) for e in self.executions)
+        return max((n for n in done if n is not None), default=0) + 1
 
 
 def _still_running(run_id: str) -> CosmicAIError:
@@ -312,7 +318,7 @@ def start_redrive(target: Target, redrive: Redrive, claims: Claims) -> str:
     sfn = target.client("stepfunctions")
     last, last_arn = redrive.executions[-1], str(redrive.executions[-1].get("executionArn"))
     resume = step_functions_can_redrive(last, _newest_events(sfn, last_arn))
-    name = f"{run_id}-redrive-{redrive.number}"
+    name = RunLayout(run_id).redrive_name(redrive.number)
     arn = last_arn if resume else execution_arn(target.state_machine_arn, name)
     before = _reclaim(claims, payload, run_id, arn)
     try:
@@ -370,11 +376,6 @@ def follow(
                 f"`cosmicai status {run_id}`."
             )
         time.sleep(poll_s)
-
-
-def read_json(s3: Any, bucket: str, key: str) -> Any:
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read(MAX_RECORD_BYTES + 1)
-    return parse_json_bytes(body, f"s3://{bucket}/{key}", max_bytes=MAX_RECORD_BYTES)
 
 
 def outcome_error(summary: dict[str, Any] | None, execution: dict[str, Any]) -> RunFailed | None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from cosmicai.cli.argtypes import positive_int, whole_number
 from cosmicai.cli.target_flags import add_target_flags, aws_target
-from cosmicai.localcloud.mirror import LocalS3Mirror
+from cosmicai.local_store import LocalS3Mirror
 from cosmicai.pipeline.s3objects import split_s3_uri
 from cosmicai.safe_input import writable_dir
 

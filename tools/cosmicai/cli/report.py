@@ -19,7 +19,8 @@ from cosmicai.payload import load_payload
 from cosmicai.reference_results import PROFILER_MEMORY_NOTE
 from cosmicai.report_html import write_html
 from cosmicai.run_cost import RunCost, cost_of_run
-from cosmicai.run_metrics import CloudRuns, LocalRuns, RunData, RunStore, load_run
+from cosmicai.run_metrics import RunData, load_run
+from cosmicai.run_store import RunStore, open_store
 from cosmicai.tune import (
     ARCH_NOTE,
     LOCAL_NOTE,
@@ -106,8 +107,8 @@ TUNE_COLUMNS = (
 
 
 def store_for(args: argparse.Namespace, *, settle_s: float = 90.0) -> RunStore:
-    """The runs of the platform the flags name: the local mirror, or AWS with --aws."""
-    return CloudRuns(aws_target(args), settle_s=settle_s) if args.aws else LocalRuns()
+    """The runs of the platform the flags name: the local store, or AWS with --aws."""
+    return open_store(aws_target(args) if args.aws else None, settle_s=settle_s)
 
 
 def _load(

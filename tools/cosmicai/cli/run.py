@@ -9,30 +9,20 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from botocore.exceptions import ClientError
-
 from cosmicai.claims import S3Claims
 from cosmicai.cli.argtypes import non_negative_int, positive_int
 from cosmicai.cli.argtypes import run_id as run_id_arg
 from cosmicai.cli.output import ProgressPrinter, print_json, summary_text
-from cosmicai.cli.report import finish_run
+from cosmicai.cli.report import finish_run, store_for
 from cosmicai.cli.target_flags import add_target_flags, aws_target
 from cosmicai.demo import DEMO_RUNS_BUCKET, demo_payload, prepare_demo_data
 from cosmicai.errors import CosmicAIError
-from cosmicai.localcloud.mirror import LocalS3Mirror, cosmicai_home
+from cosmicai.local_store import LocalS3Mirror, cosmicai_home
 from cosmicai.payload import Payload, load_payload
-from cosmicai.pipeline.layout import new_run_id
+from cosmicai.pipeline.layout import combined_key, new_run_id, result_summary_key
 from cosmicai.pipeline.s3objects import split_s3_uri
-from cosmicai.run_metrics import SUMMARY_KEYS, CloudRuns, execution_failure
-from cosmicai.runner import (
-    check_redrive,
-    follow,
-    outcome_error,
-    read_json,
-    start_redrive,
-    start_run,
-)
-from cosmicai.safe_input import MAX_RECORD_BYTES, json_object, read_json_file
+from cosmicai.run_store import CloudRuns, RunStore, execution_failure
+from cosmicai.runner import check_redrive, follow, outcome_error, start_redrive, start_run
 
 
 def _report(summary: dict[str, Any] | None, execution: dict[str, Any], as_json: bool) -> int:
@@ -66,9 +56,7 @@ def run_payload(
             execution = follow(
                 target, run_id, arn, payload.bucket, payload.world_size, on_progress=progress
             )
-            s3 = target.client("s3")
-            summary = _summary_or_none(lambda key: read_json(s3, payload.bucket, key), run_id)
-            return run_id, execution, summary
+            return run_id, execution, CloudRuns(target, settle_s=0).summary(run_id)
         if args.no_wait:
             raise CosmicAIError(
                 "--no-wait needs --aws: the local cloud lives only while the command runs"
@@ -87,18 +75,6 @@ def run_payload(
         return local.run_id, local.execution, local.summary
     finally:
         progress.close()
-
-
-def _summary_or_none(read: Any, run_id: str) -> dict[str, Any] | None:
-    try:
-        key = f"runs/{run_id}/summary.json"
-        return json_object(read(key), key, SUMMARY_KEYS)
-    except FileNotFoundError:  # no summary (locally): the run failed before Summarize
-        return None
-    except ClientError as err:  # likewise on S3
-        if err.response["Error"]["Code"] in ("NoSuchKey", "404"):
-            return None
-        raise
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -128,8 +104,7 @@ def redrive_run(args: argparse.Namespace) -> tuple[dict, dict | None]:
             execution = follow(
                 target, args.run_id, arn, bucket, redrive.payload.world_size, on_progress=progress
             )
-            s3 = target.client("s3")
-            return execution, _summary_or_none(lambda key: read_json(s3, bucket, key), args.run_id)
+            return execution, store.summary(args.run_id)
         from cosmicai.localcloud.session import redrive_local
 
         local = redrive_local(
@@ -153,51 +128,15 @@ def cmd_redrive(args: argparse.Namespace) -> int:
             finish_run(args, args.run_id, cosmicai_home() / "reports" / f"{args.run_id}.html")
 
 
-def _local_run_files(run_id: str) -> tuple[LocalS3Mirror, str]:
-    mirror = LocalS3Mirror()
-    if mirror.root.is_dir():
-        for bucket_dir in sorted(mirror.root.iterdir()):
-            if (bucket_dir / "runs" / run_id).is_dir():
-                return mirror, bucket_dir.name
-    raise CosmicAIError(
-        f"no local run {run_id} under {mirror.root}: check the run id (`ls {mirror.root}/*/runs`), "
-        f"or pass --aws for a run on AWS."
-    )
-
-
-def _load_run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None, Any]:
-    """(execution record, summary or None, reader of run keys) for a local or AWS run."""
-    if args.aws:
-        target = aws_target(args)
-        arn = target.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{args.run_id}"
-        sfn = target.client("stepfunctions")
-        try:
-            sfn.describe_execution(executionArn=arn)
-        except sfn.exceptions.ExecutionDoesNotExist as err:
-            raise CosmicAIError(
-                f"no run {args.run_id} on {target.state_machine_arn}: check the run id "
-                f"(`cosmicai runs --aws` lists them)."
-            ) from err
-        execution = CloudRuns(target, settle_s=0).execution(args.run_id)  # a redrive's, if any
-        s3 = target.client("s3")
-
-        def read(key: str) -> Any:
-            return read_json(s3, target.runs_bucket, key)
-
-    else:
-        mirror, bucket = _local_run_files(args.run_id)
-
-        def read(key: str) -> Any:
-            return read_json_file(mirror.path(bucket, key), max_bytes=MAX_RECORD_BYTES)
-
-        record = f"runs/{args.run_id}/execution.json"
-        execution = json_object(read(record), record)
-    execution = {k: v for k, v in execution.items() if k != "ResponseMetadata"}
-    return execution, _summary_or_none(read, args.run_id), read
+def _load_run(args: argparse.Namespace) -> tuple[RunStore, dict[str, Any], dict[str, Any] | None]:
+    """(store, latest execution, summary or None) of a local or AWS run: the execution of an
+    --overwrite re-run (`<run_id>-<epoch>`) or of the latest redrive, if any."""
+    store = store_for(args, settle_s=0)
+    return store, store.execution(args.run_id), store.summary(args.run_id)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    execution, summary, _ = _load_run(args)
+    _, execution, summary = _load_run(args)
     status = {
         "run_id": args.run_id,
         "execution_status": execution.get("status"),
@@ -215,16 +154,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    execution, summary, read = _load_run(args)
+    store, execution, summary = _load_run(args)
     if summary is None:
         raise CosmicAIError(
             f"run {args.run_id} has no summary yet (execution {execution.get('status')})"
         )
     if args.out:
+        combined = store.read_json(args.run_id, summary["combined_key"])
+        if combined is None:
+            raise CosmicAIError(
+                f"run {args.run_id}: its results {summary['combined_key']} are gone from the runs "
+                f"bucket (its summary names them); run it again to get them back."
+            )
         target = args.out / args.run_id
         target.mkdir(parents=True, exist_ok=True)
         (target / "summary.json").write_text(json.dumps(summary, indent=2))
-        (target / "combined_data.json").write_text(json.dumps(read(summary["combined_key"])))
+        (target / "combined_data.json").write_text(json.dumps(combined))
     return _report(summary, execution, args.json)
 
 
@@ -277,10 +222,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if summary:
         out = args.out / run_id
         out.mkdir(parents=True, exist_ok=True)
-        for name in ("combined_data.json", "summary.json"):
-            shutil.copyfile(
-                mirror.path(DEMO_RUNS_BUCKET, f"{payload.result_prefix}/{name}"), out / name
-            )
+        for key in (combined_key(payload.result_prefix), result_summary_key(payload.result_prefix)):
+            shutil.copyfile(mirror.path(DEMO_RUNS_BUCKET, key), out / key.rsplit("/", 1)[1])
     try:
         status = _report(summary, execution, args.json)
     finally:

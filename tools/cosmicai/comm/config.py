@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cosmicai.errors import CosmicAIError
+from cosmicai.pipeline.layout import RunLayout
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_PEER_TIMEOUT_S = 60.0
@@ -130,7 +131,7 @@ def write_fmi_config(path: str | Path, **kwargs: Any) -> Path:
 
 def fmi_comm_name(run_id: str) -> str:
     """The communicator name that keeps a run's FMI S3 objects under `runs/<run_id>/fmi/`."""
-    name = f"runs/{run_id}/fmi/"
+    name = RunLayout(run_id).fmi_prefix
     if len(name.encode()) + _PEER_SUFFIX > _MAX_PAIRING_NAME:
         raise CosmicAIError(
             f"run id {run_id!r} is too long for FMI: TCPunch pairing names are limited to "

@@ -22,14 +22,13 @@ from typing import Any
 
 from cosmicai.defaults import FUNCTIONS, FunctionSettings
 from cosmicai.errors import CosmicAIError
+from cosmicai.local_store import LocalS3Mirror, MirrorClaims
 from cosmicai.localcloud.cloud import LocalCloud
-from cosmicai.localcloud.mirror import LocalS3Mirror, MirrorClaims
 from cosmicai.payload import Payload
-from cosmicai.pipeline.layout import RunLayout, check_run_id
+from cosmicai.pipeline.layout import RunLayout
 from cosmicai.pipeline.s3objects import iter_objects
-from cosmicai.run_metrics import LocalRuns, fetch_history
+from cosmicai.run_store import LocalRuns, fetch_history, json_ready
 from cosmicai.runner import Progress, check_redrive, follow, start_redrive, start_run
-from cosmicai.safe_input import MAX_RECORD_BYTES, read_json_file
 from cosmicai.target import Target
 
 
@@ -75,9 +74,9 @@ def upload_inputs(target: Target, payload: Payload, mirror: LocalS3Mirror) -> No
         mirror.upload(s3, payload.bucket, payload.model)
 
 
-def _read_list(mirror: LocalS3Mirror, bucket: str, key: str) -> list[Any]:
-    """A list the local store keeps (functions, history), or [] when it has none."""
-    kept = read_json_file(mirror.path(bucket, key), max_bytes=MAX_RECORD_BYTES, missing_ok=True)
+def _kept_list(mirror: LocalS3Mirror, bucket: str, run_id: str, key: str) -> list[Any]:
+    """A list the local store keeps for the run (functions, history), or [] when it has none."""
+    kept = LocalRuns(mirror, bucket=bucket).read_json(run_id, key)
     return kept if isinstance(kept, list) else []
 
 
@@ -112,7 +111,7 @@ def save_logs(
         )
     if merge:
         names = set(target.functions.values())
-        kept = _read_list(mirror, bucket, layout.functions_key)
+        kept = _kept_list(mirror, bucket, run_id, layout.functions_key)
         configurations += [f for f in kept if isinstance(f, dict) and f.get("name") not in names]
     _write_json(mirror, bucket, layout.functions_key, configurations)
     logs = target.client("logs")
@@ -196,17 +195,12 @@ def _keep_run(
     redrive = earlier is not None
     save_logs(target, mirror, bucket, run_id, merge=redrive)
     if redrive:
-        history = _read_list(mirror, bucket, layout.history_key) + history
+        history = _kept_list(mirror, bucket, run_id, layout.history_key) + history
     mirror.path(bucket, layout.history_key).write_text(json.dumps(history))
-    record = {
-        k: (v.isoformat() if hasattr(v, "isoformat") else v)
-        for k, v in execution.items()
-        if k != "ResponseMetadata"
-    }
+    record = json_ready(execution)
     _write_json(mirror, bucket, layout.executions_key, [*(earlier or []), record])
     _write_json(mirror, bucket, layout.execution_key, record)
-    summary_path = mirror.path(bucket, layout.summary_key)
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    summary = LocalRuns(mirror, bucket=bucket).summary(run_id)
     return LocalRun(run_id, record, summary, mirror, bucket)
 
 
@@ -237,30 +231,16 @@ def run_local(
         return _keep_run(target, mirror, payload, run_id, execution_arn, on_progress)
 
 
-def _run_bucket(mirror: LocalS3Mirror, run_id: str) -> str:
-    """The bucket of the local store that holds the run (running or not)."""
-    if mirror.root.is_dir():
-        for bucket_dir in sorted(mirror.root.iterdir()):
-            if (bucket_dir / "runs" / check_run_id(run_id)).is_dir():
-                return bucket_dir.name
-    raise CosmicAIError(
-        f"no local run {run_id} under {mirror.root}: check the run id with `cosmicai runs`, "
-        f"or pass --aws for a run on AWS."
-    )
-
-
-def _saved_functions(
-    mirror: LocalS3Mirror, bucket: str, run_id: str
-) -> dict[str, FunctionSettings]:
+def _saved_functions(store: LocalRuns, run_id: str) -> dict[str, FunctionSettings]:
     """The memory and ephemeral storage the run's functions had (what its price depends on)."""
     return {
-        f["role"]: FunctionSettings(
-            memory_mb=int(f["memory_mb"]),
-            timeout_s=FUNCTIONS[f["role"]].timeout_s,
-            ephemeral_storage_mb=int(f["ephemeral_mb"]),
+        f.role: FunctionSettings(
+            memory_mb=f.memory_mb,
+            timeout_s=FUNCTIONS[f.role].timeout_s,
+            ephemeral_storage_mb=f.ephemeral_mb,
         )
-        for f in _read_list(mirror, bucket, RunLayout(run_id).functions_key)
-        if isinstance(f, dict) and f.get("role") in FUNCTIONS
+        for f in store.functions(run_id)
+        if f.role in FUNCTIONS and f.memory_mb is not None
     }
 
 
@@ -275,13 +255,13 @@ def redrive_local(
     """Re-run, on a fresh local cloud, the ranks of a finished, unsuccessful local run that have
     no successful record, and keep the outcome merged with what the run kept before."""
     mirror = mirror or LocalS3Mirror()
-    claims = MirrorClaims(mirror)
-    redrive = check_redrive(LocalRuns(mirror), claims, _run_bucket(mirror, run_id), run_id)
+    claims, store = MirrorClaims(mirror), LocalRuns(mirror)
+    redrive = check_redrive(store, claims, store.bucket(run_id), run_id)
     payload = redrive.payload
     with LocalCloud(communication=payload.communication) as cloud:
         target = cloud.deploy(
             runs_bucket=payload.bucket,
-            functions=functions or _saved_functions(mirror, payload.bucket, run_id),
+            functions=functions or _saved_functions(store, run_id),
         )
         upload_inputs(target, payload, mirror)
         uploaded = upload_run(target, mirror, payload, run_id)

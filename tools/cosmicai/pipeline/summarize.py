@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from cosmicai.inference.metrics import redshift_metrics
-from cosmicai.pipeline.layout import RunLayout
+from cosmicai.pipeline.layout import RunLayout, combined_key, result_summary_key
 from cosmicai.pipeline.s3objects import iter_objects
 
 RANK_TABLE_FIELDS = (
@@ -44,8 +44,8 @@ def _failures(s3: Any, bucket: str, layout: RunLayout, succeeded: set[int]) -> l
     (`failures/<rank>.json` holding the Catch's {"Error", "Cause"})."""
     failures = []
     for key, error in _read_json_objects(s3, bucket, layout.failures_prefix).items():
-        rank = int(key.rsplit("/", 1)[1].removesuffix(".json"))
-        if rank not in succeeded:
+        rank = layout.failure_rank(key)
+        if rank is not None and rank not in succeeded:
             failures.append(
                 {"rank": rank, "error": error.get("Error"), "cause": _cause(error.get("Cause"))}
             )
@@ -127,7 +127,7 @@ def summarize_run(s3: Any, event: dict[str, Any]) -> dict[str, Any]:
         "; ".join(problems) if problems else f"{len(succeeded)} of {world_size} ranks succeeded"
     )
 
-    result_prefix = (settings.get("result_path") or f"runs/{run_id}/results").strip("/")
+    result_prefix = (settings.get("result_path") or layout.results_prefix).strip("/")
     summary = {
         "run_id": run_id,
         "status": status,
@@ -152,8 +152,8 @@ def summarize_run(s3: Any, event: dict[str, Any]) -> dict[str, Any]:
             "samples_per_s": samples / span_s if span_s and samples is not None else None,
         },
         "ranks": [{k: r.get(k) for k in RANK_TABLE_FIELDS} for r in records],
-        "combined_key": f"{result_prefix}/combined_data.json",
-        "summary_key": f"{result_prefix}/summary.json",
+        "combined_key": combined_key(result_prefix),
+        "summary_key": result_summary_key(result_prefix),
     }
     for key, body in (
         (summary["combined_key"], records),
