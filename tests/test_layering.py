@@ -8,6 +8,7 @@ and under TYPE_CHECKING included): an import is an edge whether or not it runs a
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,3 +193,19 @@ def test_the_analysis_does_not_reach_into_the_local_cloud() -> None:
             todo.append(target)
     assert "cosmicai.run_store" in reached
     assert not [m for m in reached if m.startswith("cosmicai.localcloud")]
+
+
+def test_the_readme_table_is_this_one() -> None:
+    """README.md's "How the code is laid out" lists these layers, modules and allowed edges."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## How the code is laid out", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| ")]
+    table = {cells[0].strip(): cells for cells in rows[2:]}  # after the header and its rule
+    assert list(table) == list(LAYERS)
+    for layer, (_, modules, allowed) in table.items():
+        names = re.sub(r"\([^)]*\)", "", modules).split("`")[1::2]  # less (notes)
+        assert names, layer
+        for name in names:
+            assert layer_of(name if name.startswith("cosmicai") else f"cosmicai.{name}") == layer
+        listed = {word.strip() for word in allowed.split(",")} - {"nothing"}
+        assert listed == ALLOWED[layer], layer
