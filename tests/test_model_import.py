@@ -236,6 +236,29 @@ def test_model_import_prints_what_it_mapped_and_dropped(
     text = capsys.readouterr().out
     assert "without running its code" in text and f"wrote {out}" in text
     assert "concat_block. -> head." in text and "inception_model.conv2d_init.weight" in text
+    assert f"wrote {out}.mb32.onnx" in text
+
+
+def test_model_import_writes_the_onnx_export_the_executor_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The export sits beside the checkpoint (so uploading its prefix carries it) and a rank on
+    the onnxruntime backend loads it as is; --no-onnx writes the checkpoint alone."""
+    from cosmicai.inference.backends import export_path, load_engine_model
+
+    path = save_published(tmp_path, _model())
+    out = tmp_path / "m.safetensors"
+    argv = ["model", "import", str(path), "--out", str(out), "--model-size", "tiny", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["onnx"] == str(export_path(out, 32))
+    stamp = Path(report["onnx"]).stat().st_mtime_ns
+    model = load_engine_model(out, backend="onnxruntime", micro_batch=32)
+    assert model.path == Path(report["onnx"]) and model.trained  # type: ignore[union-attr]
+    assert Path(report["onnx"]).stat().st_mtime_ns == stamp  # used, not exported again
+    bare = tmp_path / "bare" / "m.safetensors"
+    assert main([*argv[:4], str(bare), "--model-size", "tiny", "--no-onnx"]) == 0
+    assert sorted(p.name for p in bare.parent.iterdir()) == ["m.safetensors"]
 
 
 def test_malicious_reduce_stays_inert(tmp_path: Path) -> None:

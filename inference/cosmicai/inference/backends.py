@@ -262,6 +262,15 @@ def export_onnx(
     seed: int = 0,
 ) -> OnnxModel:
     """Export the model of `checkpoint` to `target` (atomically) with its sidecar."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        raise CosmicAIError(
+            f"no ONNX export of {checkpoint or 'the untrained model'} for micro-batch "
+            f"{micro_batch} exists yet, and making one needs the onnx package, which is not "
+            "installed here: install cosmicai[executor], upload the export `cosmicai model "
+            'import` writes beside the checkpoint, or use "backend": "torch"'
+        )
     import warnings
 
     import torch

@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="config for files that store none (default: the file's own config, else full)",
     )
+    convert.add_argument(
+        "--no-onnx",
+        dest="onnx",
+        action="store_false",
+        help="do not write the ONNX export for the onnxruntime backend beside --out",
+    )
     convert.add_argument("--json", action="store_true", help="print one JSON object")
     convert.set_defaults(func=run_import)
 
@@ -66,6 +72,7 @@ def run_import(args: argparse.Namespace) -> int:
     config = {"full": AstroMAEConfig(), "tiny": AstroMAEConfig.tiny(), None: None}[args.model_size]
     loaded = load_model(args.source, config=config)
     save_checkpoint(loaded.model, args.out)
+    exported = _export(args.out) if args.onnx else None
     mapping = loaded.mapping
     result: dict[str, Any] = {
         "source": str(args.source),
@@ -75,6 +82,7 @@ def run_import(args: argparse.Namespace) -> int:
         "renamed": mapping.renamed if mapping else {},
         "dropped": list(mapping.dropped) if mapping else [],
         "config": loaded.config.to_dict(),
+        "onnx": exported,
     }
     if args.json:
         print_json(result)
@@ -95,4 +103,17 @@ def import_report(result: dict[str, Any]) -> str:
         )
         lines += [f"    {name}" for name in result["dropped"]]
     lines.append(f"wrote {result['out']} (config in its metadata)")
+    if result["onnx"]:
+        lines.append(
+            f"wrote {result['onnx']} (the onnxruntime backend's export; upload it beside the "
+            "checkpoint, which `cosmicai upload` of the folder does)"
+        )
     return "\n".join(lines)
+
+
+def _export(checkpoint: Path) -> str:
+    """Export `checkpoint` for the engine's default CPU micro-batch; return the file written."""
+    from cosmicai.inference.backends import onnx_model
+    from cosmicai.inference.engine import CPU_MICRO_BATCH
+
+    return str(onnx_model(checkpoint, CPU_MICRO_BATCH).path)
