@@ -144,6 +144,16 @@ UNSAFE_URIS = [
 # A valid `cost lambda` command line, for the cases that break only its price table.
 COST_LAMBDA = ("cost", "lambda", "--requests", "1", "--duration-s", "1", "--memory-mb", "128")
 
+AWS_ARN = (
+    "--aws",
+    "--state-machine-arn",
+    "arn:aws:states:us-east-1:123456789012:stateMachine:cosmicai-run",
+    "--bucket",
+    "cosmicai-runs",
+    "--region",
+    "us-east-1",
+)
+
 CASES: list[Case] = [
     *(case("validate", "p.json", files=f) for f in PAYLOAD_FILES.values()),
     case("validate", "missing.json"),
@@ -282,6 +292,19 @@ CASES: list[Case] = [
     case("model", "import", "x.pt", "--out", "m.pt", files={"x.pt": BINARY}),
     case("tune", "p.json", "--memory", "abc", "--batch-size", "8", files=payload()),
     case("tune", "p.json", "--memory", "1024", "--batch-size", "8", files=PAYLOAD_FILES["fifo"]),
+    *(
+        case("status", RUN, *AWS_ARN, flag, value, says=flag)
+        for flag, value in (
+            ("--name-prefix", "bad prefix"),
+            ("--name-prefix", ""),
+            ("--name-prefix", "p" * 60),
+            ("--rendezvous", "no-port"),
+            ("--rendezvous", "203.0.113.10:0"),
+            ("--rendezvous", "203.0.113.10:99999"),
+            ("--rendezvous", ":10000"),
+        )
+    ),
+    case("status", RUN, "--aws", "--name-prefix", "course", says="--state-machine-arn"),
     case("import-results", "missing.json"),
     *(
         case("import-results", "c.json", "--name", "x", files={"c.json": content})
