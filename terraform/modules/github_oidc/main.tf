@@ -99,9 +99,10 @@ resource "aws_iam_role" "run" {
 
 data "aws_iam_policy_document" "run" {
   statement {
+    # ListTagsForResource: `--state-machine-arn` reads the functions and rendezvous from its tags.
     sid       = "StartRuns"
     effect    = "Allow"
-    actions   = ["states:StartExecution", "states:DescribeStateMachine", "states:ListExecutions"]
+    actions   = ["states:StartExecution", "states:DescribeStateMachine", "states:ListExecutions", "states:ListTagsForResource"]
     resources = [var.state_machine_arn]
   }
 

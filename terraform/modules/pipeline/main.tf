@@ -27,6 +27,15 @@ locals {
     { state_machine = "/aws/vendedlogs/states/${var.state_machine_name}" },
   )
   tracing_mode = var.xray_tracing ? "Active" : "PassThrough"
+
+  # `cosmicai ... --aws --state-machine-arn ARN` reads the functions and the rendezvous server
+  # from these tags of the state machine (tools/cosmicai/target.py).
+  name_prefix = trimsuffix(var.function_names.init, "-init")
+  state_machine_tags = {
+    "cosmicai:name_prefix"         = local.name_prefix
+    "cosmicai:rendezvous"          = "${var.rendezvous_host}:${var.rendezvous_port}"
+    "cosmicai:rendezvous_protocol" = var.rendezvous_protocol
+  }
 }
 
 resource "aws_cloudwatch_log_group" "this" {
@@ -123,7 +132,7 @@ resource "aws_sfn_state_machine" "this" {
   name     = var.state_machine_name
   role_arn = aws_iam_role.state_machine.arn
   type     = "STANDARD"
-  tags     = var.tags
+  tags     = merge(var.tags, local.state_machine_tags)
 
   # The one ASL template; the local cloud renders the same file with the same variables.
   definition = templatefile("${path.module}/state_machine.asl.json.tftpl", {
@@ -143,6 +152,13 @@ resource "aws_sfn_state_machine" "this" {
 
   tracing_configuration {
     enabled = var.xray_tracing
+  }
+
+  lifecycle {
+    precondition {
+      condition     = alltrue([for role, fn in var.function_names : fn == "${local.name_prefix}-${role}"])
+      error_message = "function_names must share one prefix, PREFIX-init, PREFIX-executor and PREFIX-summarize: the state machine's cosmicai:name_prefix tag names them so."
+    }
   }
 
   depends_on = [aws_iam_role_policy.state_machine]

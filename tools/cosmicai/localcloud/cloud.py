@@ -31,7 +31,13 @@ from cosmicai.defaults import FunctionSettings
 from cosmicai.errors import CosmicAIError
 from cosmicai.localcloud.runtimes import MANAGED_RUNTIME, executor_image, lambda_zip
 from cosmicai.localcloud.server import LOCAL_CREDENTIALS
-from cosmicai.target import FUNCTION_ROLES, Target
+from cosmicai.target import (
+    FUNCTION_ROLES,
+    NAME_PREFIX_TAG,
+    RENDEZVOUS_PROTOCOL_TAG,
+    RENDEZVOUS_TAG,
+    Target,
+)
 
 ACCOUNT_ID = "123456789012"
 _START_TIMEOUT_S = 60
@@ -217,10 +223,16 @@ class LocalCloud:
                 "runs_bucket": runs_bucket,
             }
         )
+        rendezvous_address = f"{executor_env['RENDEZVOUS_HOST']}:{executor_env['RENDEZVOUS_PORT']}"
         machine = sfn.create_state_machine(
             name=f"{prefix}-run",
             definition=definition,
             roleArn=_create_role(iam, f"{prefix}-states", "states.amazonaws.com"),
+            tags=[  # the tags terraform/modules/pipeline sets, read by --state-machine-arn
+                {"key": NAME_PREFIX_TAG, "value": prefix},
+                {"key": RENDEZVOUS_TAG, "value": rendezvous_address},
+                {"key": RENDEZVOUS_PROTOCOL_TAG, "value": executor_env["RENDEZVOUS_PROTOCOL"]},
+            ],
         )
         return Target(
             kind="local",
@@ -230,7 +242,7 @@ class LocalCloud:
             functions={role: f"{prefix}-{role}" for role in FUNCTION_ROLES},
             endpoint_url=self.endpoint_url,
             credentials=dict(LOCAL_CREDENTIALS),
-            rendezvous=f"{executor_env['RENDEZVOUS_HOST']}:{executor_env['RENDEZVOUS_PORT']}",
+            rendezvous=rendezvous_address,
             rendezvous_protocol=executor_env["RENDEZVOUS_PROTOCOL"],
         )
 
