@@ -40,7 +40,7 @@ from cosmicai.pipeline.layout import (
 from cosmicai.pipeline.s3objects import iter_objects
 from cosmicai.rendezvous.probe import require_rendezvous
 from cosmicai.run_store import RunStore, execution_failure
-from cosmicai.safe_input import UnreadableInput, json_object
+from cosmicai.safe_input import MAX_RECORD_BYTES, UnreadableInput, json_object, parse_json_bytes
 from cosmicai.target import Target
 
 Exists = Callable[[str, str], bool]
@@ -148,7 +148,13 @@ def _upload_and_start(
     execution = target.client("stepfunctions").start_execution(
         stateMachineArn=target.state_machine_arn,
         name=execution_name,
-        input=json.dumps({"run_id": run_id, "bucket": payload.bucket}),
+        input=json.dumps(
+            {
+                "run_id": run_id,
+                "bucket": payload.bucket,
+                **({"executor_qualifier": q} if (q := target.executor_qualifier) else {}),
+            }
+        ),
     )
     return execution["executionArn"]
 
@@ -392,3 +398,8 @@ def outcome_error(summary: dict[str, Any] | None, execution: dict[str, Any]) -> 
         f"execution {execution.get('name', '')} ended {execution.get('status')}: "
         f"{execution_failure(execution)}".strip()
     )
+
+
+def read_json(s3: Any, bucket: str, key: str) -> Any:
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read(MAX_RECORD_BYTES + 1)
+    return parse_json_bytes(body, f"s3://{bucket}/{key}", max_bytes=MAX_RECORD_BYTES)
