@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     run = _reference if args.phase == "reference" else _engine
     predictions, samples, details, ready_at, wall_s = run(args)
-    from cosmicai.inference.engine import peak_rss_mb
+    from cosmicai.peak_memory import peak_rss_mb
 
     summary = {
         "samples_per_s": samples / wall_s,

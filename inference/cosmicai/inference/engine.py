@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import math
 import os
-import resource
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -61,6 +59,7 @@ from cosmicai.errors import CosmicAIError
 from cosmicai.inference.backends import EngineModel, Forward, TorchModel
 from cosmicai.inference.metrics import redshift_metrics
 from cosmicai.inference.partition_io import Partition, read_partition_arrays
+from cosmicai.peak_memory import peak_rss_mb
 
 if TYPE_CHECKING:
     from cosmicai.inference.checkpoint import LoadedModel
@@ -226,12 +225,6 @@ class _Runner:
             buffers.images[rows:] = 0
             buffers.magnitudes[rows:] = 0
         return self.forward(buffers.images, buffers.magnitudes)[:rows].tolist()
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB else
 
 
 def _timed(files: Iterable[Path], totals: _Totals) -> Iterator[Path]:
