@@ -76,6 +76,7 @@ def test_minimal_payload_gets_documented_defaults() -> None:
         "model_size": "full",
         "device": "cpu",
         "threads": None,
+        "backend": None,
         "trust_pickle": False,
         "max_concurrency": None,
         "tolerated_failure_percentage": 0,
@@ -447,3 +448,11 @@ def test_schema_and_model_refuse_bad_payloads(data: dict) -> None:
         jsonschema.validate(data, payload_json_schema())
     with pytest.raises(PayloadError):
         validate_payload(data)
+
+
+def test_onnxruntime_backend_is_cpu_only() -> None:
+    assert validate_payload({**BASE, "backend": "onnxruntime"}).backend == "onnxruntime"
+    with pytest.raises(PayloadError, match='backend "onnxruntime" runs on CPU only'):
+        validate_payload({**BASE, "backend": "onnxruntime", "device": "cuda"})
+    with pytest.raises(PayloadError, match="backend"):
+        validate_payload({**BASE, "backend": "tensorflow"})

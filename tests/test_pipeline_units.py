@@ -214,7 +214,7 @@ def test_rank_prefetches_the_next_partition_and_holds_at_most_two(
     local = [tmp_path / f"local-{i}.pt" for i in range(len(keys))]
     for key, path in zip(keys, local, strict=True):
         download("cosmicai-data", key, str(path))
-    loaded = executor._cached_model(None, "tiny", False, "cpu")
+    loaded = executor._cached_model(None, "tiny", False, "cpu", "torch", 8)
     expected = run_inference(loaded, local, EngineConfig(batch_size=8, threads=1), labels=uris)
     assert record["predictions"] == expected.predictions
     assert record["samples"] == expected.record["samples"] and record["files"] == uris

@@ -26,6 +26,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from cosmicai.errors import CosmicAIError
 from cosmicai.pipeline.layout import RunLayout
 from cosmicai.pipeline.s3objects import iter_objects, split_s3_uri
@@ -183,28 +185,55 @@ def ephemeral_storage_full(tmp: Path, problem: str) -> EphemeralStorageFull:
     )
 
 
+BACKEND_ENV = "COSMICAI_ENGINE_BACKEND"
+"""The executor's default engine backend when the payload names none (set by Terraform)."""
+
+
 @lru_cache(maxsize=2)
-def _cached_model(source: str | None, model_size: str, trust_pickle: bool, device: str) -> Any:
+def _cached_model(
+    source: str | None,
+    model_size: str,
+    trust_pickle: bool,
+    device: str,
+    backend: str,
+    micro_batch: int,
+) -> Any:
     """The model, loaded once per environment: warm invocations reuse it."""
-    from cosmicai.inference.checkpoint import load_model
-    from cosmicai.inference.model import AstroMAEConfig
+    from cosmicai.inference.backends import load_engine_model
 
-    config = AstroMAEConfig.tiny() if model_size == "tiny" else AstroMAEConfig()
-    return load_model(source, config=config, trust_pickle=trust_pickle, device=device)
+    return load_engine_model(
+        source,
+        backend=backend,
+        micro_batch=micro_batch,
+        model_size=model_size,
+        trust_pickle=trust_pickle,
+        device=device,
+    )
 
 
-def _model_path(s3: Any, task: RankTask) -> str | None:
-    """Local path of the payload's checkpoint (downloaded), a baked-in default, or None."""
-    model = task.settings.get("model")
-    if not model:
-        return os.environ.get("COSMICAI_DEFAULT_MODEL") or None
-    bucket, key = split_s3_uri(model) if model.startswith("s3://") else (task.bucket, model)
-    cached = Path(tempfile.gettempdir()) / "cosmicai-models" / bucket / key
+def _download_once(s3: Any, bucket: str, key: str, cached: Path) -> None:
     if not cached.exists():
         cached.parent.mkdir(parents=True, exist_ok=True)
         partial = cached.with_name(cached.name + ".part")
         s3.download_file(bucket, key, str(partial))
         partial.replace(cached)
+
+
+def _model_path(s3: Any, task: RankTask, export_names: tuple[str, ...]) -> str | None:
+    """Local path of the payload's checkpoint (downloaded), a baked-in default, or None.
+
+    Objects beside the checkpoint named `<checkpoint>` + each of `export_names` (its ONNX export
+    and sidecar) are downloaded too when they exist; a stale export is ignored by the loader.
+    """
+    model = task.settings.get("model")
+    if not model:
+        return os.environ.get("COSMICAI_DEFAULT_MODEL") or None
+    bucket, key = split_s3_uri(model) if model.startswith("s3://") else (task.bucket, model)
+    cached = Path(tempfile.gettempdir()) / "cosmicai-models" / bucket / key
+    _download_once(s3, bucket, key, cached)
+    for name in export_names:
+        with contextlib.suppress(ClientError):  # no export uploaded: made at first use
+            _download_once(s3, bucket, key + name, cached.with_name(cached.name + name))
     return str(cached)
 
 
@@ -214,20 +243,27 @@ def run_engine(s3: Any, task: RankTask, paths: Iterable[Path]) -> dict[str, Any]
 
     settings = task.settings
     sources = [_uri(f) for f in task.files]  # names in data errors
-    loaded = _cached_model(
-        _model_path(s3, task),
+    config = EngineConfig(
+        batch_size=int(settings.get("batch_size") or 512),
+        threads=settings.get("threads"),
+        device=settings.get("device") or "cpu",
+    )
+    config.validate()
+    micro_batch = config.resolved_micro_batch()
+    backend = settings.get("backend") or os.environ.get(BACKEND_ENV) or "torch"
+    exports = (f".mb{micro_batch}.onnx", f".mb{micro_batch}.onnx.json")
+    model = _cached_model(
+        _model_path(s3, task, exports if backend == "onnxruntime" else ()),
         settings.get("model_size") or "full",
         settings.get("trust_pickle") is True,
-        settings.get("device") or "cpu",
+        config.device,
+        backend,
+        micro_batch,
     )
     result = run_inference(
-        loaded,
+        model,
         paths,
-        EngineConfig(
-            batch_size=int(settings.get("batch_size") or 512),
-            threads=settings.get("threads"),
-            device=settings.get("device") or "cpu",
-        ),
+        config,
         labels=sources,
         data_path_label=",".join(sources),
         result_path=settings.get("result_path"),

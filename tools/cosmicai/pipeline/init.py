@@ -13,14 +13,16 @@ combines every rank's record, old and new.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from cosmicai.errors import CosmicAIError
-from cosmicai.payload import Payload, validate_payload
+from cosmicai.payload import Payload, PayloadError, validate_payload
 from cosmicai.pipeline.layout import RunLayout
 from cosmicai.pipeline.s3objects import iter_objects
 
 PARTITION_SUFFIXES = (".safetensors", ".pt")
+_QUALIFIER = re.compile(r"^(\$LATEST|[A-Za-z0-9_-]{1,128})$")  # a Lambda version or alias
 
 # Payload keys each rank needs; carried once in the state, not repeated per item.
 EXECUTOR_SETTINGS = (
@@ -28,6 +30,7 @@ EXECUTOR_SETTINGS = (
     "batch_size",
     "device",
     "threads",
+    "backend",
     "model",
     "model_size",
     "trust_pickle",
@@ -178,5 +181,18 @@ def run_init(s3: Any, event: dict[str, Any]) -> dict[str, Any]:
     body = s3.get_object(Bucket=bucket, Key=RunLayout(run_id).payload_key)["Body"].read()
     payload = validate_payload(json.loads(body))
     if event.get("redrive"):
-        return plan_redrive(s3, run_id, bucket, payload, int(event["redrive_number"]))
-    return plan_run(s3, run_id, bucket, payload)
+        pointer = plan_redrive(s3, run_id, bucket, payload, int(event["redrive_number"]))
+    else:
+        pointer = plan_run(s3, run_id, bucket, payload)
+    return {**pointer, "executor_qualifier": executor_qualifier(event)}
+
+
+def executor_qualifier(event: dict[str, Any]) -> str:
+    """The executor version or alias the ranks invoke: the execution input's, else $LATEST."""
+    qualifier = event.get("executor_qualifier") or "$LATEST"
+    if not isinstance(qualifier, str) or not _QUALIFIER.match(qualifier):
+        raise PayloadError(
+            f"executor_qualifier {qualifier!r} is not a Lambda version or alias name: start the "
+            f"execution without it (the ranks then invoke $LATEST) or with a published one"
+        )
+    return qualifier
