@@ -46,6 +46,7 @@ from typing import Any
 from cosmicai.cost import ARCHES, MAX_DURATION_S, MEMORY_RANGE_MB, CostError, lambda_cost
 from cosmicai.defaults import FUNCTIONS
 from cosmicai.errors import CosmicAIError
+from cosmicai.peak_memory import peak_rss_mb
 
 # Heavy imports (torch, boto3, moto, the inference package) are made where they are used: a
 # phase child's imports are part of the Init it measures.
@@ -489,24 +490,6 @@ def _micro_batch(batch_size: int) -> int:
     from cosmicai.inference.engine import EngineConfig
 
     return EngineConfig(batch_size=batch_size).resolved_micro_batch()
-
-
-def peak_rss_mb() -> float:
-    """This process' peak RSS in MiB, from /proc (VmHWM) where there is one.
-
-    getrusage's ru_maxrss is not this process' own on Linux: it keeps the parent's peak across
-    fork and exec, so a phase child of a parent holding the data would report the parent's.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    from cosmicai.inference.engine import peak_rss_mb as rusage_peak_mb
-
-    return rusage_peak_mb()
 
 
 def _phase_main(argv: list[str] | None = None) -> None:
