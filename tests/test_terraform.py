@@ -671,7 +671,12 @@ def test_state_machine_role_covers_what_the_template_does() -> None:
         for n, s in policy_statements(pipeline)
         if n.endswith(".state_machine") and "lambda:InvokeFunction" in s["actions"]
     ]
-    assert len(invoke) == 1 and len(invoke[0]["resources"]) == 3
+    assert len(invoke) == 1 and len(invoke[0]["resources"]) == 4
+    # the template's executor Qualifier (a version, `cosmicai tune --aws`): the executor only
+    qualified = [r for r in invoke[0]["resources"] if r.endswith(":*")]
+    assert qualified == ["${aws_lambda_function.executor.arn}:*"]
+    execute = definition["States"]["Ranks"]["ItemProcessor"]["States"]["Execute"]
+    assert execute["Parameters"]["Qualifier.$"] == "$.executor_qualifier"
 
 
 # --- semantics: Lambda limits and validation ---------------------------------------------------

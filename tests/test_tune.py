@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -20,8 +21,7 @@ from cosmicai.localcloud.cloud import LocalCloud
 from cosmicai.localcloud.mirror import LocalS3Mirror
 from cosmicai.localcloud.session import upload_inputs
 from cosmicai.payload import validate_payload
-from cosmicai.run_cost import cost_of_run
-from cosmicai.run_metrics import CloudRuns, LocalRuns, load_run
+from cosmicai.run_metrics import CloudRuns, LocalRuns, RunData, load_run
 from cosmicai.tune import (
     ARCH_NOTE,
     LOCAL_NOTE,
@@ -155,8 +155,22 @@ def test_local_sweep_two_memories(
         assert config["run_id"] in progress
 
 
-def test_aws_sweep_sets_the_memory_and_restores_it(tmp_path: Path) -> None:
-    """The AWS code path (update_function_configuration, then runs), on a live local cloud."""
+def _lambda_usd(run: RunData) -> float:
+    """The run's Lambda bill from its REPORT lines and prices.json (x86_64, as deployed)."""
+    usd = 0.0
+    for invocation in run.invocations:
+        billed_s = invocation.report.billed_duration_ms / 1000
+        extra_mb = max(0, FUNCTIONS[invocation.role].ephemeral_storage_mb - 512)
+        usd += billed_s * invocation.report.memory_size_mb / 1024 * LAMBDA_PRICES["x86_64_gb_s"]
+        usd += billed_s * extra_mb / 1024 * LAMBDA_PRICES["ephemeral_gb_s"]
+        usd += LAMBDA_PRICES["request"]
+    return usd
+
+
+def test_aws_sweep_runs_versions_and_leaves_latest_alone(tmp_path: Path) -> None:
+    """The AWS code path on a live local cloud: each memory runs on a published version of the
+    executor, $LATEST keeps its memory during every run, and the versions are deleted after
+    the sweep, also when it fails."""
     mirror = LocalS3Mirror(tmp_path)
     data = mirror.path("cosmicai-data", "parts/part-00000.safetensors")
     data.parent.mkdir(parents=True)
@@ -164,37 +178,57 @@ def test_aws_sweep_sets_the_memory_and_restores_it(tmp_path: Path) -> None:
     code = mirror.path("cosmicai-runs", "code/job.py")
     code.parent.mkdir(parents=True)
     code.write_text("print('hello from the rank')\n")
-    payload = validate_payload(
-        {
-            "bucket": "cosmicai-runs",
-            "data_bucket": "cosmicai-data",
-            "data_prefix": "parts",
-            "result_path": "results/aws-tune",
-            "S3_object_name": "code",
-            "script": "job.py",
-            "team": "tuning",
-        }
-    )
+    settings = {
+        "bucket": "cosmicai-runs",
+        "data_bucket": "cosmicai-data",
+        "data_prefix": "parts",
+        "result_path": "results/aws-tune",
+        "S3_object_name": "code",
+        "script": "job.py",
+        "team": "tuning",
+    }
+    payload = validate_payload(settings)
+    default_mb = FUNCTIONS["executor"].memory_mb
     with LocalCloud() as cloud:
         target = cloud.deploy()
         upload_inputs(target, payload, mirror)
-        results = sweep_aws(target, payload, [1024, 2048], [8])
         lam = target.client("lambda")
-        executor = lam.get_function_configuration(FunctionName=target.functions["executor"])
-        assert executor["MemorySize"] == FUNCTIONS["executor"].memory_mb  # restored
+        executor = target.functions["executor"]
+
+        def latest_mb() -> int:
+            return lam.get_function_configuration(FunctionName=executor)["MemorySize"]
+
+        def versions() -> list[str]:
+            listed = lam.list_versions_by_function(FunctionName=executor)["Versions"]
+            return [v["Version"] for v in listed]
+
+        during: list[int] = []
+        results = sweep_aws(
+            target, payload, [1024, 2048], [8], on_progress=lambda _: during.append(latest_mb())
+        )
+        assert during and set(during) == {default_mb}  # while the runs ran
+        assert latest_mb() == default_mb and versions() == ["$LATEST"]
         store = CloudRuns(target, settle_s=0)
         assert [(r.memory_mb, r.status) for r in results] == [
             (1024, "succeeded"),
             (2048, "succeeded"),
         ]
+        others = []
         for result in results:
             run = load_run(store, result.run_id)
             assert {i.report.memory_size_mb for i in run.role("executor")} == {result.memory_mb}
             assert run.payload["batch_size"] == 8
-            assert result.cost_usd == pytest.approx(cost_of_run(run).total_usd)
+            # Lambda from the REPORT lines; the rest (Step Functions, S3) is the same per run
+            others.append(result.cost_usd - _lambda_usd(run))
             # the deployed executor is x86_64; arm64 is cheaper by 20% of its compute only
             assert result.cost_x86_64_usd == pytest.approx(result.cost_usd)
             executor_ms = sum(i.report.billed_duration_ms for i in run.role("executor"))
             gb_s = executor_ms / 1000 * result.memory_mb / 1024
             saved = gb_s * (LAMBDA_PRICES["x86_64_gb_s"] - LAMBDA_PRICES["arm64_gb_s"])
             assert result.cost_arm64_usd == pytest.approx(result.cost_usd - saved)
+        assert others[0] > 0 and others[0] == pytest.approx(others[1], rel=1e-9)
+
+        elsewhere = validate_payload({**settings, "bucket": "other-runs"})
+        with pytest.raises(CosmicAIError, match="is not the platform's runs bucket"):
+            sweep_aws(dataclasses.replace(target, kind="aws"), elsewhere, [1024], [8])
+        assert latest_mb() == default_mb and versions() == ["$LATEST"]

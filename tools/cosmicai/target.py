@@ -64,6 +64,8 @@ class Target:
     credentials: dict[str, str] = field(default_factory=dict)
     rendezvous: str | None = None  # host:port of the rendezvous server ranks pair through
     rendezvous_protocol: str = "legacy"
+    # The executor version or alias this target's runs invoke (None: $LATEST), see cosmicai.tune
+    executor_qualifier: str | None = None
 
     def client(self, service: str) -> Any:
         return boto3.client(

@@ -3,8 +3,12 @@
 The same payload runs once per (executor memory, batch size), each run with its own run id and
 result path. Locally each run gets a fresh local cloud whose executor has that memory (the
 local runtime gives a worker the vCPUs Lambda gives the memory, about 1 per 1,769 MB, capped by
-this machine, so local figures are indicative). On AWS the executor's MemorySize is updated
-before the runs of each memory setting and restored afterwards. Every run is then priced from
+this machine, so local figures are indicative). On AWS the shared executor's $LATEST, which
+other teams' runs invoke, is left alone: the sweep publishes a version of the executor per
+memory setting (each one a MemorySize update of $LATEST then PublishVersion, back to back, and
+$LATEST is restored before any run; only for those few seconds does $LATEST carry a tuning
+memory), starts its runs with that version as their executor_qualifier, and deletes the
+versions it published at the end, also on error or Ctrl-C. Every run is then priced from
 its REPORT lines (`cosmicai.run_cost`), and the sweep recommends the cheapest, the fastest and
 a balanced configuration (the smallest cost x time). Each run is also priced with the executor
 at x86_64 and at arm64 (20% less per GB-second), for the same measured durations.
@@ -13,7 +17,8 @@ at x86_64 and at arm64 (20% less per GB-second), for the same measured durations
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,29 +168,55 @@ def sweep_aws(
     *,
     on_progress: Progress = lambda _: None,
 ) -> list[TuneResult]:
-    """Set the executor's memory, run the batch sizes, and restore the memory at the end."""
+    """Run the batch sizes on a version of the executor per memory; $LATEST stays as it is."""
     from cosmicai.run_metrics import CloudRuns
     from cosmicai.runner import follow, start_run
 
-    lam = target.client("lambda")
-    executor = target.functions["executor"]
-    original = lam.get_function_configuration(FunctionName=executor)["MemorySize"]
     runs: list[tuple[str, int, int]] = []
-    try:
+    with tuning_versions(target.client("lambda"), target.functions["executor"], memories) as found:
         for memory in memories:
-            _set_memory(lam, executor, memory)
+            tuned = dataclasses.replace(target, executor_qualifier=found[memory])
             for batch in batch_sizes:
                 run_id = new_run_id(payload.team)
-                on_progress(f"run {run_id}: executor {memory} MB, batch size {batch}")
+                on_progress(
+                    f"run {run_id}: executor {memory} MB (version {found[memory]}), "
+                    f"batch size {batch}"
+                )
                 config = config_payload(payload, batch, run_id)
-                _, arn = start_run(target, config, run_id=run_id)
-                follow(target, run_id, arn, config.bucket, config.world_size)
+                _, arn = start_run(tuned, config, run_id=run_id)
+                follow(tuned, run_id, arn, config.bucket, config.world_size)
                 runs.append((run_id, memory, batch))
-    finally:
-        _set_memory(lam, executor, original)
     on_progress("collecting REPORT lines (CloudWatch Logs can take a minute)")
     store = CloudRuns(target)
     return [result_of(store, run_id, memory, batch) for run_id, memory, batch in runs]
+
+
+@contextmanager
+def tuning_versions(lam: Any, function: str, memories: list[int]) -> Iterator[dict[int, str]]:
+    """{memory: version} of `function`, published back to back with $LATEST restored right
+    after; on leaving, the versions this published are deleted (ones that existed are kept:
+    PublishVersion returns the latest version when $LATEST is unchanged since)."""
+    existing = set(_versions(lam, function))
+    original = lam.get_function_configuration(FunctionName=function)["MemorySize"]
+    published: dict[int, str] = {}
+    try:
+        try:
+            for memory in memories:
+                _set_memory(lam, function, memory)
+                published[memory] = lam.publish_version(
+                    FunctionName=function, Description=f"cosmicai tune: executor at {memory} MB"
+                )["Version"]
+        finally:
+            _set_memory(lam, function, original)
+        yield published
+    finally:
+        for version in sorted(set(published.values()) - existing):
+            lam.delete_function(FunctionName=function, Qualifier=version)
+
+
+def _versions(lam: Any, function: str) -> Iterator[str]:
+    for page in lam.get_paginator("list_versions_by_function").paginate(FunctionName=function):
+        yield from (v["Version"] for v in page["Versions"])
 
 
 def _set_memory(lam: Any, function: str, memory_mb: int) -> None:

@@ -277,6 +277,8 @@ data "aws_iam_policy_document" "state_machine" {
     resources = [
       aws_lambda_function.zip["init"].arn,
       aws_lambda_function.executor.arn,
+      # a run started with an executor_qualifier (`cosmicai tune --aws`: a version of its own)
+      "${aws_lambda_function.executor.arn}:*",
       aws_lambda_function.zip["summarize"].arn,
     ]
   }

@@ -312,11 +312,12 @@ class LambdaRuntime:
         self._all: set[_Environment] = set()
 
     # -- the Invoke API -----------------------------------------------------------------
-    def invoke(self, function: str, payload: bytes) -> InvokeResponse:
-        """Run one synchronous invocation (InvocationType RequestResponse)."""
+    def invoke(self, function: str, payload: bytes, qualifier: str | None = None) -> InvokeResponse:
+        """Run one synchronous invocation (InvocationType RequestResponse) of the function's
+        `qualifier` (a version or alias; None: $LATEST)."""
         request_id = str(uuid.uuid4())
         try:
-            config = self._function_config(function)
+            config = self._function_config(function, qualifier)
         except UnknownFunctionException:
             return _service_error(
                 request_id, 404, "ResourceNotFoundException", f"Function not found: {function}"
@@ -364,8 +365,8 @@ class LambdaRuntime:
         kill_all(psutil.Process().children(recursive=True))
 
     # -- environments -------------------------------------------------------------------
-    def _function_config(self, function: str) -> FunctionConfig:
-        fn = lambda_backends[self.account_id][self.region].get_function(function)
+    def _function_config(self, function: str, qualifier: str | None = None) -> FunctionConfig:
+        fn = lambda_backends[self.account_id][self.region].get_function(function, qualifier)
         return FunctionConfig(
             name=fn.function_name,
             arn=fn.function_arn,

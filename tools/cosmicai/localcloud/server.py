@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import boto3
 import requests
@@ -93,17 +93,22 @@ def lambda_invoke_middleware(moto_app: WSGIApp, runtime: LambdaRuntime) -> WSGIA
         match = _INVOKE_PATH.match(environ.get("PATH_INFO", ""))
         if not match or environ["REQUEST_METHOD"] != "POST":
             return moto_app(environ, start_response)
-        name = unquote(match["name"]).split(":function:")[-1].split(":")[0]
+        # NAME, NAME:QUALIFIER or an ARN, and the Qualifier query parameter
+        name, _, qualifier = unquote(match["name"]).split(":function:")[-1].partition(":")
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        qualifier = qualifier or query.get("Qualifier", [""])[0] or None
         length = int(environ.get("CONTENT_LENGTH") or 0)
         payload = environ["wsgi.input"].read(length) if length else b""
         invocation_type = environ.get("HTTP_X_AMZ_INVOCATION_TYPE", "RequestResponse")
         if invocation_type == "DryRun":
             response = InvokeResponse(204, b"", str(uuid.uuid4()))
         elif invocation_type == "Event":
-            threading.Thread(target=runtime.invoke, args=(name, payload), daemon=True).start()
+            threading.Thread(
+                target=runtime.invoke, args=(name, payload, qualifier), daemon=True
+            ).start()
             response = InvokeResponse(202, b"", str(uuid.uuid4()))
         else:
-            response = runtime.invoke(name, payload)
+            response = runtime.invoke(name, payload, qualifier)
         # Lambda names every response's request; Step Functions' error handling reads it.
         headers = [
             ("Content-Type", "application/json"),
