@@ -43,7 +43,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cosmicai.cost import ARCHES, MAX_DURATION_S, MEMORY_RANGE_MB, CostError, lambda_cost
+from cosmicai.cost import (
+    ARCHES,
+    MAX_DURATION_S,
+    MEMORY_RANGE_MB,
+    CostError,
+    lambda_cost,
+    load_prices,
+)
 from cosmicai.defaults import FUNCTIONS
 from cosmicai.errors import CosmicAIError
 from cosmicai.peak_memory import peak_rss_mb
@@ -66,7 +73,8 @@ ASSUMPTIONS = (
     "Lambda vCPUs are proportional to memory: 1 per 1,769 MB, a fraction of one below it, 6 at "
     "10,240 MB (AWS's documented figures; 10,240 / 1,769 would be 5.79).",
     "compute on Lambda = compute measured here x threads here / vCPUs there: the per-vCPU rate "
-    "measured here, scaling linearly across vCPUs, at this machine's per-core speed.",
+    "measured here, scaling linearly across vCPUs, at this machine's per-core speed (the "
+    "reference's best case: it goes from these threads to 6 vCPUs, ours to about one).",
     "init and download are taken as measured here: Init as on this machine (interpreter, "
     "imports, model load from local disk), S3 bandwidth as on loopback to a moto server.",
     "compute is everything after the download until the result object is written: reading the "
@@ -180,7 +188,6 @@ def run_benchmark(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run the reference rank and one rank of ours per backend; model their Lambda cost."""
-    from cosmicai.cost import load_prices
     from cosmicai.inference.bench_engine import machine_info
     from cosmicai.inference.engine import available_cpus
     from cosmicai.inference.partitioning import samples_per_file
@@ -201,26 +208,15 @@ def run_benchmark(
         reference = bench.reference()
         measured = {name: bench.ours(name) for name in backends}
     predictions = reference.pop("predictions")
-    ref = {**reference, **model_lambda(reference, REFERENCE_MEMORY_MB, arch,
-                                       REFERENCE_EPHEMERAL_MB, prices)}  # fmt: skip
-    ref["memory_choice"] = "the reference's documented 10,240 MB"
-    by_backend = {}
-    for name, side in measured.items():
-        ours_predictions = side.pop("predictions")
-        side["predictions_max_abs_diff"] = max(
-            (abs(a - b) for a, b in zip(ours_predictions, predictions, strict=True)), default=0.0
-        )
-        memory, why = (
-            (memory_mb, "given with --memory-mb")
-            if memory_mb is not None
-            else choose_memory(side["peak_rss_mb"])
-        )
-        ours_ephemeral = FUNCTIONS["executor"].ephemeral_storage_mb
-        by_backend[name] = {
-            **side,
-            **model_lambda(side, memory, arch, ours_ephemeral, prices),
-            "memory_choice": why,
-        }
+    ref = {
+        **reference,
+        **model_lambda(reference, REFERENCE_MEMORY_MB, arch, REFERENCE_EPHEMERAL_MB, prices),
+        "memory_choice": "the reference's documented 10,240 MB",
+    }
+    by_backend = {
+        name: _priced_ours(side, predictions, memory_mb, arch, prices)
+        for name, side in measured.items()
+    }
     recommended = min(by_backend, key=lambda name: by_backend[name]["usd_per_million_samples"])
     ours = by_backend[recommended]
     ratio = ours["usd_per_million_samples"] / ref["usd_per_million_samples"]
@@ -248,6 +244,29 @@ def run_benchmark(
         "assumptions": list(ASSUMPTIONS),
         "machine": {**machine_info(threads), "load_average": list(os.getloadavg())},
     }
+
+
+def _priced_ours(
+    side: dict[str, Any],
+    reference_predictions: list[float],
+    memory_mb: int | None,
+    arch: str,
+    prices: Mapping[str, Any],
+) -> dict[str, Any]:
+    """One backend's measurement priced at `memory_mb` (None: `choose_memory`), with how far
+    its predictions are from the reference's."""
+    predictions = side.pop("predictions")
+    side["predictions_max_abs_diff"] = max(
+        (abs(a - b) for a, b in zip(predictions, reference_predictions, strict=True)),
+        default=0.0,
+    )
+    memory, why = (
+        (memory_mb, "given with --memory-mb")
+        if memory_mb is not None
+        else choose_memory(side["peak_rss_mb"])
+    )
+    ephemeral = FUNCTIONS["executor"].ephemeral_storage_mb
+    return {**side, **model_lambda(side, memory, arch, ephemeral, prices), "memory_choice": why}
 
 
 @contextlib.contextmanager
@@ -339,9 +358,9 @@ class _Bench:
         child = self._run("ours", self._event(backend, run_id))
         key = RunLayout(run_id).rank_key(0)
         record = json.loads(self.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
-        if record.get("backend", backend) != backend:
+        if record.get("backend") != backend:
             raise CosmicAIError(
-                f"the rank ran backend {record['backend']!r}, not {backend!r}: the executor "
+                f"the rank ran backend {record.get('backend')!r}, not {backend!r}: the executor "
                 "does not pass settings['backend'] to the engine"
             )
         return {
