@@ -19,7 +19,7 @@ SOURCE_ROOTS = (ROOT / "tools", ROOT / "inference")
 
 # layer -> the modules it holds (a module belongs to the layer of its longest matching prefix)
 LAYERS: dict[str, tuple[str, ...]] = {
-    "errors": ("cosmicai.errors",),
+    "leaf": ("cosmicai.errors", "cosmicai.peak_memory"),  # import no other cosmicai module
     "inference": ("cosmicai.inference",),  # model, data, engine: the executor's compute
     "layout": ("cosmicai.pipeline.layout", "cosmicai.pipeline.s3objects"),  # where objects live
     "common": (  # leaf helpers: inputs, platform settings, claims, the local store, FMI, ...
@@ -59,15 +59,15 @@ LAYERS: dict[str, tuple[str, ...]] = {
 
 # layer -> the layers it may import besides itself
 ALLOWED: dict[str, set[str]] = {
-    "errors": set(),
-    "inference": {"errors"},
-    "layout": {"errors"},
-    "common": {"errors", "layout"},
-    "pipeline": {"errors", "inference", "layout", "common"},
-    "runs": {"errors", "layout", "common"},
-    "localcloud": {"errors", "layout", "common", "runs"},
-    "workflows": {"errors", "inference", "layout", "common", "pipeline", "runs", "localcloud"},
-    "cli": {"errors", "inference", "layout", "common", "runs", "localcloud", "workflows"},
+    "leaf": set(),
+    "inference": {"leaf"},
+    "layout": {"leaf"},
+    "common": {"leaf", "layout"},
+    "pipeline": {"leaf", "inference", "layout", "common"},
+    "runs": {"leaf", "layout", "common"},
+    "localcloud": {"leaf", "layout", "common", "runs"},
+    "workflows": {"leaf", "inference", "layout", "common", "pipeline", "runs", "localcloud"},
+    "cli": {"leaf", "inference", "layout", "common", "runs", "localcloud", "workflows"},
 }
 
 

@@ -17,11 +17,12 @@ from cosmicai.defaults import FUNCTIONS
 from cosmicai.errors import CosmicAIError
 from cosmicai.inference.partitioning import partition
 from cosmicai.inference.synthetic import make_data
+from cosmicai.local_store import LocalS3Mirror
 from cosmicai.localcloud.cloud import LocalCloud
-from cosmicai.localcloud.mirror import LocalS3Mirror
 from cosmicai.localcloud.session import upload_inputs
 from cosmicai.payload import validate_payload
-from cosmicai.run_metrics import CloudRuns, LocalRuns, RunData, load_run
+from cosmicai.run_metrics import RunData, load_run
+from cosmicai.run_store import CloudRuns, LocalRuns
 from cosmicai.tune import (
     ARCH_NOTE,
     LOCAL_NOTE,

@@ -24,10 +24,8 @@ from datetime import datetime
 from typing import Any
 
 from cosmicai.lambda_report import ReportLine, ReportParseError, parse_report_line
-from cosmicai.run_store import (  # noqa: F401  (until tune.py imports them)
-    CloudRuns,
+from cosmicai.run_store import (
     FunctionInfo,
-    LocalRuns,
     LogEvent,
     RunStore,
     execution_failure,

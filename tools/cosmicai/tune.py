@@ -25,11 +25,12 @@ from typing import Any
 
 from cosmicai.cost import MEMORY_RANGE_MB, CostError
 from cosmicai.errors import CosmicAIError
-from cosmicai.localcloud.mirror import LocalS3Mirror
+from cosmicai.local_store import LocalS3Mirror
 from cosmicai.payload import Payload, validate_payload
 from cosmicai.pipeline.layout import new_run_id
 from cosmicai.run_cost import cost_of_run
-from cosmicai.run_metrics import FunctionInfo, RunData, RunStore, load_run
+from cosmicai.run_metrics import RunData, load_run
+from cosmicai.run_store import FunctionInfo, RunStore
 from cosmicai.target import Target
 
 ARCH_NOTE = (
@@ -140,7 +141,7 @@ def sweep_local(
     """Run every configuration on a fresh local cloud whose executor has that memory."""
     from cosmicai.defaults import FUNCTIONS
     from cosmicai.localcloud.session import run_local
-    from cosmicai.run_metrics import LocalRuns
+    from cosmicai.run_store import LocalRuns
 
     mirror = mirror or LocalS3Mirror()
     store = LocalRuns(mirror)
@@ -169,7 +170,7 @@ def sweep_aws(
     on_progress: Progress = lambda _: None,
 ) -> list[TuneResult]:
     """Run the batch sizes on a version of the executor per memory; $LATEST stays as it is."""
-    from cosmicai.run_metrics import CloudRuns
+    from cosmicai.run_store import CloudRuns
     from cosmicai.runner import follow, start_run
 
     runs: list[tuple[str, int, int]] = []
