@@ -73,6 +73,7 @@ module "pipeline" {
   executor_ephemeral_storage_mb = var.executor_ephemeral_storage_mb
   executor_reserved_concurrency = var.executor_reserved_concurrency
   executor_architecture         = var.executor_architecture
+  executor_engine_backend       = var.executor_engine_backend
 
   rendezvous_host     = module.rendezvous.host
   rendezvous_port     = module.rendezvous.port

@@ -146,6 +146,17 @@ variable "executor_architecture" {
   }
 }
 
+variable "executor_engine_backend" {
+  description = "Engine backend of ranks whose payload names none: \"onnxruntime\" (the model's ONNX export; faster cold start and inference) or \"torch\"."
+  type        = string
+  default     = "onnxruntime"
+
+  validation {
+    condition     = contains(["torch", "onnxruntime"], var.executor_engine_backend)
+    error_message = "executor_engine_backend must be \"torch\" or \"onnxruntime\"."
+  }
+}
+
 variable "init_zip_path" {
   description = "Deployment package of the init function (null: build/lambda/init.zip)."
   type        = string

@@ -41,6 +41,7 @@ EXECUTOR = {
     "executor_ephemeral_storage_mb": FUNCTIONS["executor"].ephemeral_storage_mb,
     "executor_reserved_concurrency": reserved("executor"),
     "executor_architecture": defaults.EXECUTOR_ARCHITECTURE,
+    "executor_engine_backend": defaults.EXECUTOR_ENGINE_BACKEND,
     "map_execution_type": defaults.MAP_EXECUTION_TYPE,
     "rank_max_retries": defaults.RANK_MAX_RETRIES,
 }
@@ -57,7 +58,7 @@ EXPECTED: dict[Path, dict[str, Any]] = {
 # Variables that carry a platform default: each must be in the table above.
 PLATFORM_VARIABLE = re.compile(
     r"^(init|executor|summarize)_(memory_mb|timeout_s|ephemeral_storage_mb|reserved_concurrency"
-    r"|architecture)$|^(map_execution_type|rank_max_retries)$"
+    r"|architecture|engine_backend)$|^(map_execution_type|rank_max_retries)$"
 )
 
 

@@ -31,6 +31,8 @@ FUNCTIONS: dict[str, FunctionSettings] = {
     "summarize": FunctionSettings(memory_mb=1024, timeout_s=300),
 }
 EXECUTOR_ARCHITECTURE = "x86_64"
+EXECUTOR_ENGINE_BACKEND = "onnxruntime"
+"""Backend of ranks whose payload names none (`cosmicai bench cost`: the cheaper one)."""
 RANK_MAX_RETRIES = 2
 """Retries of a rank after an error of its own (service errors and throttling retry apart)."""
 MAP_EXECUTION_TYPE = "EXPRESS"

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 BACKENDS = ("torch", "onnxruntime")
 EXPORT_FORMAT = "cosmicai-onnx/1"
+PREPARED_DIR = "cosmicai-onnx"
+"""Folder of the function's code holding the untrained models' exports (see prepare_untrained)."""
 OPSET = 17
 Forward = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """(images [B,C,H,W], magnitudes [B,C]) float32 -> redshifts [B]; callable from any thread."""
@@ -215,13 +217,19 @@ def onnx_model(
     trust_pickle: bool = False,
     seed: int = 0,
 ) -> OnnxModel:
-    """The cached export of `checkpoint` (None: the seeded, untrained model), made if needed."""
+    """The cached export of `checkpoint` (None: the seeded, untrained model), made if needed.
+
+    An untrained model's export is looked for first in the prepared folder of the function's
+    code (`$LAMBDA_TASK_ROOT/cosmicai-onnx`, made at image build by `prepare_untrained`).
+    """
     _require_onnxruntime()
     if checkpoint is None:
-        given = None if config is None else config.to_dict()
-        described = json.dumps({"seed": seed, "model_size": model_size, "config": given})
-        digest = hashlib.sha256(described.encode()).hexdigest()
-        target = _cache_dir() / f"random-init-{digest[:16]}.mb{micro_batch}.onnx"
+        name, digest = _untrained(micro_batch, config, model_size, seed)
+        for folder in _prepared_dirs():
+            found = _read_sidecar(folder / name, digest, micro_batch)
+            if found is not None:
+                return found
+        target = _cache_dir() / name
     else:
         path = Path(checkpoint)
         if not path.is_file():
@@ -249,6 +257,35 @@ def onnx_model(
             trust_pickle=trust_pickle,
             seed=seed,
         )
+
+
+def _untrained(
+    micro_batch: int, config: AstroMAEConfig | None, model_size: str | None, seed: int
+) -> tuple[str, str]:
+    """(file name, digest) of an untrained model's export: named by its config and seed."""
+    described = (
+        {"seed": seed, "config": config.to_dict()}
+        if config
+        else {"seed": seed, "model_size": model_size or "full"}
+    )
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+    return f"random-init-{digest[:16]}.mb{micro_batch}.onnx", digest
+
+
+def _prepared_dirs() -> list[Path]:
+    root = os.environ.get("LAMBDA_TASK_ROOT")
+    return [Path(root) / PREPARED_DIR] if root else []
+
+
+def prepare_untrained(folder: str | Path, micro_batch: int = 32) -> list[Path]:
+    """Export the untrained full and tiny models (seed 0) into `folder`, for `_prepared_dirs`."""
+    made = []
+    for size in ("full", "tiny"):
+        name, digest = _untrained(micro_batch, None, size, 0)
+        made.append(
+            export_onnx(None, Path(folder) / name, micro_batch, digest, config=_config(size)).path
+        )
+    return made
 
 
 def export_onnx(

@@ -89,7 +89,7 @@ resource "aws_lambda_function" "zip" {
 resource "aws_lambda_function" "executor" {
   #checkov:skip=CKV_AWS_116:Invoked synchronously by Step Functions, which retries and records failures; a DLQ only applies to asynchronous invocations.
   #checkov:skip=CKV_AWS_117:FMI's direct channel punches through NAT to peer Lambdas and the rendezvous host; outside a VPC no NAT gateway is needed.
-  #checkov:skip=CKV_AWS_173:The environment holds only the rendezvous address and the bucket name, no secrets.
+  #checkov:skip=CKV_AWS_173:The environment holds only the rendezvous address, the bucket name and the engine backend, no secrets.
   #checkov:skip=CKV_AWS_272:Code signing does not apply to container images; the image is pinned by tag in an IMMUTABLE, scanned repository.
   function_name                  = var.function_names.executor
   description                    = "CosmicAI executor: inference for one rank"
@@ -108,10 +108,11 @@ resource "aws_lambda_function" "executor" {
 
   environment {
     variables = merge(var.executor_extra_environment, {
-      RENDEZVOUS_HOST      = var.rendezvous_host
-      RENDEZVOUS_PORT      = tostring(var.rendezvous_port)
-      RENDEZVOUS_PROTOCOL  = var.rendezvous_protocol
-      COSMICAI_RUNS_BUCKET = var.runs_bucket_name
+      RENDEZVOUS_HOST         = var.rendezvous_host
+      RENDEZVOUS_PORT         = tostring(var.rendezvous_port)
+      RENDEZVOUS_PROTOCOL     = var.rendezvous_protocol
+      COSMICAI_RUNS_BUCKET    = var.runs_bucket_name
+      COSMICAI_ENGINE_BACKEND = var.executor_engine_backend
     })
   }
 

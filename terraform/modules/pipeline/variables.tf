@@ -173,8 +173,19 @@ variable "executor_architecture" {
   }
 }
 
+variable "executor_engine_backend" {
+  description = "Engine backend of ranks whose payload names none: \"onnxruntime\" (the model's ONNX export; faster cold start and inference) or \"torch\"."
+  type        = string
+  default     = "onnxruntime"
+
+  validation {
+    condition     = contains(["torch", "onnxruntime"], var.executor_engine_backend)
+    error_message = "executor_engine_backend must be \"torch\" or \"onnxruntime\"."
+  }
+}
+
 variable "executor_extra_environment" {
-  description = "Additional environment variables of the executor (the four set by this module cannot be overridden)."
+  description = "Additional environment variables of the executor (the five set by this module cannot be overridden)."
   type        = map(string)
   default     = {}
 

@@ -171,6 +171,7 @@ class LocalCloud:
             "RENDEZVOUS_HOST": rendezvous["host"],
             "RENDEZVOUS_PORT": str(rendezvous["port"]),
             "RENDEZVOUS_PROTOCOL": rendezvous["protocol"],
+            "COSMICAI_ENGINE_BACKEND": defaults.EXECUTOR_ENGINE_BACKEND,
             **(
                 {"COSMICAI_STORE_HOST": store["host"], "COSMICAI_STORE_PORT": str(store["port"])}
                 if store

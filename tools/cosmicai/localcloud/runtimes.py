@@ -183,9 +183,28 @@ def executor_image() -> str:
                 archive.extractall(staging / "task")
             bundle.unlink()
             interpreter = Interpreter(str(environment / "bin" / "python"), ("-I",))
+            _prepare_untrained_exports(interpreter, staging / "task")
             (staging / "interpreter.json").write_text(interpreter.to_json())
             staging.rename(target)
     return f"{EXECUTOR_IMAGE}:{tag}"
+
+
+def _prepare_untrained_exports(interpreter: Interpreter, task: Path) -> None:
+    """Bake the untrained models' ONNX exports into the image, as the Dockerfile does, so a rank
+    on the onnxruntime backend never exports at first use."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from cosmicai.inference.backends import PREPARED_DIR, prepare_untrained; "
+        "prepare_untrained(f'{sys.argv[1]}/{PREPARED_DIR}')"
+    )
+    done = subprocess.run(
+        [interpreter.python, *interpreter.flags, "-c", code, str(task)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise BuildError(f"exporting the untrained models to ONNX failed:\n{done.stderr[-2000:]}")
 
 
 def images_root() -> Path:
