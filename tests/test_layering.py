@@ -19,7 +19,8 @@ SOURCE_ROOTS = (ROOT / "tools", ROOT / "inference")
 
 # layer -> the modules it holds (a module belongs to the layer of its longest matching prefix)
 LAYERS: dict[str, tuple[str, ...]] = {
-    "leaf": ("cosmicai.errors", "cosmicai.peak_memory"),  # import no other cosmicai module
+    # import no other cosmicai module
+    "leaf": ("cosmicai.errors", "cosmicai.peak_memory", "cosmicai.atomic"),
     "inference": ("cosmicai.inference",),  # model, data, engine: the executor's compute
     "layout": ("cosmicai.pipeline.layout", "cosmicai.pipeline.s3objects"),  # where objects live
     "common": (  # leaf helpers: inputs, platform settings, claims, the local store, FMI, ...

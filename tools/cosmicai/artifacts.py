@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
+from cosmicai.atomic import atomic_path
 from cosmicai.errors import CosmicAIError
 
 ZIP_FUNCTIONS = ("init", "summarize")
@@ -116,15 +117,12 @@ def code_entries(function: str, deps_dir: Path | None = None) -> dict[str, Path]
 
 def write_zip(entries: dict[str, Path], target: Path) -> None:
     """Write a reproducible zip atomically: sorted names, fixed time, 0644 files."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".zip.part")
-    with zipfile.ZipFile(partial, "w") as archive:
+    with atomic_path(target) as partial, zipfile.ZipFile(partial, "w") as archive:
         for name in sorted(entries):
             info = zipfile.ZipInfo(name, date_time=FIXED_TIME)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, entries[name].read_bytes(), compresslevel=9)
-    partial.replace(target)
 
 
 def requirements_file(function: str) -> Path | None:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cosmicai.atomic import atomic_path
 from cosmicai.claims import Claim, decode, encode
 from cosmicai.errors import CosmicAIError
 from cosmicai.pipeline.layout import RunLayout
@@ -80,11 +81,8 @@ class LocalS3Mirror:
         """Copy a prefix from the emulator to disk; returns the number of objects."""
         count = 0
         for obj in iter_objects(s3, bucket, prefix):
-            target = self.path(bucket, obj["Key"])
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(target.name + ".part")
-            s3.download_file(bucket, obj["Key"], str(partial))
-            partial.replace(target)
+            with atomic_path(self.path(bucket, obj["Key"])) as partial:
+                s3.download_file(bucket, obj["Key"], str(partial))
             count += 1
         return count
 

@@ -312,9 +312,9 @@ def export_onnx(
 
     import torch
 
+    from cosmicai.atomic import AtomicFile
     from cosmicai.inference.checkpoint import load_model
     from cosmicai.inference.model import AstroMAE
-    from cosmicai.inference.partition_io import AtomicFile
 
     loaded = load_model(checkpoint, config=config, trust_pickle=trust_pickle, seed=seed)
     if not isinstance(loaded.model, AstroMAE):

@@ -23,9 +23,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import nn
 
+from cosmicai.atomic import AtomicFile
 from cosmicai.errors import CheckpointError, CosmicAIError
 from cosmicai.inference.model import AstroMAE, AstroMAEConfig, build_model, count_parameters
-from cosmicai.inference.partition_io import AtomicFile
 from cosmicai.inference.reference_checkpoint import (
     KeyMapping,
     NotAPickledModule,

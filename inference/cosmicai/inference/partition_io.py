@@ -23,7 +23,8 @@ scanned in chunks of samples). Reference ``.pt`` files may store redshifts as [N
 read as [N]. Messages name the file as the caller labels it (``read_partition(..., name=)``),
 e.g. the ``s3://`` object a rank downloaded to a temporary file.
 
-Writes are atomic (a temporary file in the target directory, fsynced, then ``os.replace``).
+Writes are atomic (`cosmicai.atomic`: a temporary file in the target directory, fsynced, then
+``os.replace``).
 :class:`PartitionWriter` streams a ``.safetensors`` partition chunk by chunk, so producers
 never need the whole partition in memory.
 """
@@ -32,10 +33,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import struct
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from cosmicai.atomic import AtomicFile
 from cosmicai.errors import DataFormatError
 from cosmicai.inference.safetensors_file import SafetensorsFormatError, read_arrays
 
@@ -334,28 +334,6 @@ def _tensors_from_object(where: str, obj: Any) -> tuple[Any, Any, Any]:
     if isinstance(redshifts, Tensor) and redshifts.dim() == 2 and redshifts.shape[1] == 1:
         redshifts = redshifts.reshape(-1)
     return images, magnitudes, redshifts
-
-
-class AtomicFile:
-    """A temporary file beside `path` that replaces `path` only on commit()."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        self.tmp = Path(tmp)
-        self.handle: BinaryIO = os.fdopen(fd, "wb")
-
-    def commit(self) -> int:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self.tmp, self.path)
-        return self.path.stat().st_size
-
-    def discard(self) -> None:
-        self.handle.close()
-        self.tmp.unlink(missing_ok=True)
 
 
 def _write_view(handle: BinaryIO, array: np.ndarray) -> None:

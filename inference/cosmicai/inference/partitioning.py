@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cosmicai.atomic import AtomicFile
 from cosmicai.errors import CosmicAIError, DataFormatError
 from cosmicai.inference.partition_io import (
     FORMAT_ID,
     SAMPLE_BYTES,
     SUFFIXES,
-    AtomicFile,
     PartitionWriter,
     read_partition,
 )

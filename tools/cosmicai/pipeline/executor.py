@@ -28,6 +28,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from cosmicai.atomic import atomic_path
 from cosmicai.errors import CosmicAIError
 from cosmicai.pipeline.layout import RunLayout
 from cosmicai.pipeline.s3objects import iter_objects, split_s3_uri
@@ -213,10 +214,8 @@ def _cached_model(
 
 def _download_once(s3: Any, bucket: str, key: str, cached: Path) -> None:
     if not cached.exists():
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_name(cached.name + ".part")
-        s3.download_file(bucket, key, str(partial))
-        partial.replace(cached)
+        with atomic_path(cached) as partial:
+            s3.download_file(bucket, key, str(partial))
 
 
 def _model_path(s3: Any, task: RankTask, export_names: tuple[str, ...]) -> str | None:
