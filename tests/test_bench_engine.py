@@ -38,7 +38,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
 def test_json_has_every_key(bench: tuple[dict, dict]) -> None:
     printed, saved = bench
     assert printed == saved
-    for phase in ("reference", "engine"):
+    for phase in ("reference", "engine", "engine_onnxruntime"):
         assert set(printed[phase]) >= PHASE_KEYS
         assert all(printed[phase][key] > 0 for key in PHASE_KEYS)
         assert printed[phase]["samples"] == 64
@@ -60,11 +60,18 @@ def test_json_has_every_key(bench: tuple[dict, dict]) -> None:
     assert set(printed["targets"]) >= {"speedup_min", "rss_ratio_max", "met"}
     assert set(ref["reported"]) >= {"total_cpu_time (seconds)", "sample_persec"}
     assert eng["num_batches"] == ref["num_batches"] == 4
+    onnx = printed["engine_onnxruntime"]
+    assert onnx["backend"] == "onnxruntime" and eng["backend"] == "torch"
+    assert printed["cold_start_s"] == {"torch": eng["cold_start_s"],
+                                       "onnxruntime": onnx["cold_start_s"]}
+    assert onnx["max_abs_diff_vs_torch"] <= 1e-6
+    assert printed["targets"]["onnxruntime_predictions_met"] is True
 
 
 def test_table_names_both_phases_and_the_targets(bench: tuple[dict, dict]) -> None:
     text = engine_report(bench[0])
-    assert "reference" in text and "engine" in text and "cold start s" in text
+    assert "reference" in text and "engine (onnxruntime)" in text and "cold start s" in text
+    assert "onnxruntime: ready in" in text
     assert "speedup" in text and "peak RSS ratio" in text and "GFLOP/s" in text
     assert "identical to eager fp32 (the reference loop): yes" in text
 

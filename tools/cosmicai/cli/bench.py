@@ -209,7 +209,9 @@ def pipeline_report(result: dict[str, Any]) -> str:
 
 def engine_report(result: dict[str, Any]) -> str:
     """The benchmark as a table plus one line per derived figure."""
-    rows = [{"phase": name, **result[name]} for name in ("reference", "engine")]
+    phases = {"reference": "reference", "engine": "engine (torch)",
+              "engine_onnxruntime": "engine (onnxruntime)"}
+    rows = [{**result[key], "phase": label} for key, label in phases.items()]
     columns = (
         ("phase", "phase", "s"),
         ("samples/s", "samples_per_s", ".1f"),
@@ -230,6 +232,11 @@ def engine_report(result: dict[str, Any]) -> str:
             f"targets met: {'yes' if targets['met'] else 'NO'}",
             "predictions identical to eager fp32 (the reference loop): "
             + _predictions_text(result["predictions"]),
+            f"onnxruntime: ready in {result['cold_start_s']['onnxruntime']:.2f} s against torch's "
+            f"{result['cold_start_s']['torch']:.2f} s (target <= "
+            f"{targets['onnxruntime_cold_start_max_s']} s), predictions within "
+            f"{result['engine_onnxruntime']['max_abs_diff_vs_torch']:.1e} of torch's (target <= "
+            f"{targets['onnxruntime_max_abs_diff']:.0e})",
             f"GFLOP/s: model {gflops['model']:.1f}, fp32 matmul {gflops['matmul']:.1f} "
             f"({gflops['fraction']:.0%} of matmul)",
             f"machine: {machine['cpu_model']}, {machine['cores']} CPUs, torch "
