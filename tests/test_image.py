@@ -13,10 +13,13 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from importlib.metadata import PathDistribution
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import StepRun
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -287,11 +290,20 @@ def test_bootstrap_runs_the_handler_with_the_runtime_interface_client() -> None:
     assert "COPY images/executor/bootstrap /var/runtime/bootstrap" in DOCKERFILE.read_text()
 
 
-def test_readme_states_the_size_budget() -> None:
-    readme = (IMAGE / "README.md").read_text()
-    assert "Size budget" in readme
-    for part in ("torch", "fmi", "Total"):
-        assert part in readme
+def readme_section(title: str) -> str:
+    """The text of images/executor/README.md's `## title` section."""
+    text = (IMAGE / "README.md").read_text()
+    assert f"\n## {title}\n" in text, f"images/executor/README.md lost its {title!r} section"
+    return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_states_the_budgets_and_deletions_the_checks_use() -> None:
+    """The README's `name=MB` figures are size-budget's, and it names what the image deletes."""
+    section = readme_section("Size budget")
+    stated = {name: int(mb) for name, mb in re.findall(r"`(\w+)=(\d+)`", section)}
+    assert stated == size_budget(), "update the README's Size budget to images/executor/size-budget"
+    for deleted in deleted_from_site_packages():
+        assert f"`{deleted}`" in section, f"the README does not say the image deletes {deleted}"
 
 
 def test_smoke_test_runs_one_tiny_inference_in_process() -> None:
@@ -344,13 +356,41 @@ def test_executor_environment_fits_the_size_budget() -> None:
     assert measured["total"] <= budget * 10**6, f"over the {budget} MB budget: {sizes}"
 
 
-def test_size_budgets_are_declared_once_and_the_workflow_reads_them() -> None:
+def image_workflow_step(prefix: str) -> str:
+    """The `run:` script of the image workflow's step whose name starts with `prefix`."""
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "image.yml").read_text())
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    return next(step["run"] for step in steps if step.get("name", "").startswith(prefix))
+
+
+def test_size_budgets_are_declared_once() -> None:
     budget = size_budget()
     assert set(budget) == {"python", "image"} and budget["python"] < budget["image"]
-    workflow = (ROOT / ".github" / "workflows" / "image.yml").read_text()
-    assert "images/executor/size-budget" in workflow
-    assert "docker image inspect --format '{{.Size}}'" in workflow
-    deleted = " ".join(deleted_from_site_packages())
-    assert f'"${{LOCAL_TAG}}" - {deleted} \\\n' in workflow, "it measures the same files"
-    assert "< images/executor/env_size.py" in workflow
-    assert not re.search(rf"\b({budget['python']}|{budget['image']})\b", workflow)
+    script = image_workflow_step("Size budget")
+    assert not re.search(rf"\b({budget['python']}|{budget['image']})\b", script), "a copy"
+
+
+@pytest.mark.parametrize(
+    ("image_over", "python_over"), [(0, 0), (1, 0), (0, 1)], ids=["at", "image", "python"]
+)
+def test_image_workflow_fails_a_build_over_its_budget(
+    run_step: Callable[[str, dict[str, str]], StepRun], image_over: int, python_over: int
+) -> None:
+    """The workflow's step, run with docker faked: over budget by a byte fails; the in-image
+    measure is env_size.py with the Dockerfile's deleted paths, as the local check above."""
+    budget = {name: mb * 10**6 for name, mb in size_budget().items()}
+    done = run_step(
+        image_workflow_step("Size budget"),
+        {
+            "LOCAL_TAG": "cosmicai-executor:test",
+            "FAKE_DOCKER_IMAGE_BYTES": str(budget["image"] + image_over),
+            "FAKE_DOCKER_PYTHON_BYTES": str(budget["python"] + python_over),
+        },
+    )
+    assert (done.returncode == 0) == (not image_over and not python_over), done.output
+    inspect = next(call["args"] for call in done.docker if call["args"][:2] == ["image", "inspect"])
+    assert inspect[-1] == "cosmicai-executor:test"
+    measure = next(call for call in done.docker if call["args"][0] == "run")
+    assert "cosmicai-executor:test" in measure["args"]
+    assert measure["stdin"] == (IMAGE / "env_size.py").read_text()
+    assert measure["args"][measure["args"].index("-") + 1 :] == deleted_from_site_packages()
