@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,14 +18,16 @@ from cosmicai.localcloud.server import LOCAL_CREDENTIALS
 from cosmicai.target import Target
 
 ROOT = Path(__file__).resolve().parents[1]
-# Stands in for `docker` in a workflow step: logs each call (argv and stdin) as a JSON line and
-# answers `image inspect` and `run` with the sizes the test sets.
-FAKE_DOCKER = f"""#!{sys.executable}
+# Stands in for a command (docker, terraform) in a workflow step: logs each call (command, argv,
+# stdin) as a JSON line; as docker, answers `image inspect` and `run` with the sizes a test sets.
+FAKE_COMMAND = f"""#!{sys.executable}
 import json, os, sys
-args, stdin = sys.argv[1:], sys.stdin.read()
-with open(os.environ["FAKE_DOCKER_LOG"], "a") as log:
-    log.write(json.dumps({{"args": args, "stdin": stdin}}) + "\\n")
-if args[:2] == ["image", "inspect"]:
+command, args, stdin = os.path.basename(sys.argv[0]), sys.argv[1:], sys.stdin.read()
+with open(os.environ["FAKE_COMMAND_LOG"], "a") as log:
+    log.write(json.dumps({{"command": command, "args": args, "stdin": stdin}}) + "\\n")
+if command != "docker":
+    pass
+elif args[:2] == ["image", "inspect"]:
     print(os.environ["FAKE_DOCKER_IMAGE_BYTES"])
 elif args[:1] == ["run"]:
     print(json.dumps({{"total": int(os.environ["FAKE_DOCKER_PYTHON_BYTES"])}}))
@@ -33,29 +36,34 @@ elif args[:1] == ["run"]:
 
 @dataclass(frozen=True)
 class StepRun:
-    """A workflow step's shell script run locally: its exit status, output and docker calls."""
+    """A workflow step's shell script run locally: its exit status, output and faked calls."""
 
     returncode: int
     output: str
-    docker: list[dict[str, object]]
+    calls: list[dict[str, Any]]
+
+    def of(self, command: str) -> list[dict[str, Any]]:
+        """The calls of one faked command."""
+        return [call for call in self.calls if call["command"] == command]
 
 
 @pytest.fixture
-def run_step(tmp_path: Path) -> Callable[[str, dict[str, str]], StepRun]:
+def run_step(tmp_path: Path) -> Callable[..., StepRun]:
     """Run a workflow step's `run:` script as GitHub's default bash shell does (-eo pipefail),
-    in the repository root, with `docker` replaced by FAKE_DOCKER and `env` set."""
+    in the repository root, with `env` set and the `fake` commands replaced by FAKE_COMMAND."""
     bin_dir = tmp_path / "fake-bin"
     bin_dir.mkdir()
-    (bin_dir / "docker").write_text(FAKE_DOCKER)
-    (bin_dir / "docker").chmod(0o755)
-    log = tmp_path / "docker-calls.jsonl"
+    log = tmp_path / "fake-calls.jsonl"
 
-    def run(script: str, env: dict[str, str]) -> StepRun:
+    def run(script: str, env: dict[str, str], fake: tuple[str, ...] = ("docker",)) -> StepRun:
         log.unlink(missing_ok=True)
+        for command in fake:
+            (bin_dir / command).write_text(FAKE_COMMAND)
+            (bin_dir / command).chmod(0o755)
         done = subprocess.run(
             ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
             cwd=ROOT,
-            env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_DOCKER_LOG": str(log), **env},
+            env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_COMMAND_LOG": str(log), **env},
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
