@@ -4,16 +4,21 @@ action pinned to a commit, no stored AWS keys, and each workflow doing what it i
 
 from __future__ import annotations
 
+import ast
+import fnmatch
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from conftest import StepRun
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -126,79 +131,240 @@ def test_no_stored_aws_keys_and_least_permissions(name: str) -> None:
                 assert step["with"]["persist-credentials"] is False
 
 
-def test_ci_runs_tests_terraform_checks_and_linters() -> None:
+def step(workflow: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The step whose name starts with `prefix`."""
+    return next(s for s in steps(workflow) if s.get("name", "").startswith(prefix))
+
+
+def commands(script: str) -> list[list[str]]:
+    """A step's shell script as argv lists, one per line (continuations joined)."""
+    lines = script.replace("\\\n", " ").splitlines()
+    return [shlex.split(line) for line in lines if line.strip()]
+
+
+def test_ci_runs_the_ci_entry_point_s_command_on_every_push() -> None:
+    """The test job runs what .ci/run runs (the README's command), an executable script."""
     ci = load("ci.yml")
     assert {"push", "pull_request"} <= set(triggers(ci))
-    text = run_text(ci)
-    assert "./scripts/test.sh" in text
-    for command in ("fmt -check", "init -backend=false", "validate"):
-        assert f"terraform {command}" in text or f'terraform -chdir="${{dir}}" {command}' in text
-    assert "terraform/modules/*/ terraform/" in text, "validate each module and the root"
-    assert uses(ci, "hashicorp/setup-terraform")
-    for tool in (r'checkov"? -d terraform', "hadolint images/executor/Dockerfile", "actionlint"):
-        assert re.search(tool, text), tool
-    assert "check-jsonschema --builtin-schema vendor.github-workflows" in text
-    plan = ci["jobs"]["plan-tests"]
-    plan_step = next(s for s in plan["steps"] if "tests/terraform_plan" in s.get("run", ""))
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    entry = [shlex.split(line) for line in lines if line.startswith("exec ")]
+    assert len(entry) == 1, ".ci/run execs one command"
+    test_commands = [
+        command for s in ci["jobs"]["test"]["steps"] if "run" in s for command in commands(s["run"])
+    ]
+    assert test_commands == [entry[0][1:]]
+    script = ROOT / entry[0][1]
+    assert script.is_file() and script.stat().st_mode & 0o111, f"{script} is not executable"
+
+
+def test_ci_validates_every_terraform_directory(run_step: Callable[..., StepRun]) -> None:
+    """The validate step, run with terraform faked, inits and validates each directory that
+    holds .tf files; fmt -check covers them all recursively."""
+    ci = load("ci.yml")
+    done = run_step(step(ci, "init -backend=false")["run"], {}, fake=("terraform",))
+    assert done.returncode == 0, done.output
+    calls = [call["args"] for call in done.of("terraform")]
+    validated = {Path(args[0].removeprefix("-chdir=")).resolve() for args in calls}
+    assert validated == {path.parent for path in (ROOT / "terraform").rglob("*.tf")}
+    for directory in validated:
+        chdir = next(
+            a[0] for a in calls if Path(a[0].removeprefix("-chdir=")).resolve() == directory
+        )
+        done_here = [a[1:] for a in calls if a[0] == chdir]
+        assert done_here[0][:2] == ["init", "-backend=false"] and done_here[1][0] == "validate"
+    (fmt,) = commands(step(ci, "terraform fmt")["run"])
+    assert fmt[:2] == ["terraform", "fmt"] and {"-check", "-recursive"} <= set(fmt)
+    assert (ROOT / fmt[-1]).resolve() == ROOT / "terraform"
+
+
+def test_ci_plan_tests_run_enabled_and_unwrapped() -> None:
+    plan = load("ci.yml")["jobs"]["plan-tests"]
+    plan_step = next(s for s in plan["steps"] if "pytest" in s.get("run", ""))
+    (argv,) = commands(plan_step["run"])
+    folder = ROOT / argv[argv.index("pytest") + 1]
+    assert folder.is_dir() and list(folder.glob("test_*.py"))
+    # the variable the plan tests skip without, set to the value that enables them
+    assert 'os.environ.get("COSMICAI_TF_PLAN") != "1"' in "".join(
+        p.read_text() for p in folder.glob("test_*.py")
+    )
     assert plan_step["env"]["COSMICAI_TF_PLAN"] == "1"
     setup = next(s for s in plan["steps"] if s.get("uses", "").startswith("hashicorp/"))
     assert setup["with"]["terraform_wrapper"] is False
 
 
-def test_image_workflow_builds_with_cache_smoke_tests_and_pushes_by_sha() -> None:
-    image = load("image.yml")
-    push = triggers(image)["push"]
-    assert push["branches"] == ["main"]
-    assert set(push["paths"]) == {
-        "images/**",
-        "inference/**",
-        "functions/executor/**",
-        "tools/**",
-        "pyproject.toml",
+def test_ci_lints_the_files_that_exist() -> None:
+    """Each linter is pointed at a path the repository has."""
+    lint = load("ci.yml")
+    (hadolint,) = commands(step(lint, "hadolint")["run"])
+    assert (ROOT / hadolint[-1]).is_file()
+    (checkov,) = commands(step(lint, "checkov")["run"])
+    assert (ROOT / checkov[checkov.index("-d") + 1]).is_dir()
+    (schema,) = commands(step(lint, "Workflow schema")["run"])
+    assert {str(WORKFLOWS / n) for n in NAMES} <= {
+        str(p) for g in schema if "*" in g for p in ROOT.glob(g)
     }
-    builds = [step["with"] for step in uses(image, "docker/build-push-action")]
+    assert actionlint_runs_in_the_repository(step(lint, "actionlint")["run"])
+
+
+def actionlint_runs_in_the_repository(script: str) -> bool:
+    (argv,) = commands(script)
+    return "rhysd/actionlint" in " ".join(argv) and "${PWD}:/repo" in argv
+
+
+def dockerfile_copy_sources() -> set[str]:
+    """The repository paths the Dockerfile COPYs into the image (not from other stages)."""
+    found = set()
+    for line in (ROOT / "images" / "executor" / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--from") for w in words):
+            found |= set(words[1:-1])
+    return found
+
+
+def not_executor_code() -> set[str]:
+    """Copied files the executor never loads: the README (pyproject's `readme`, package
+    metadata only), the other Lambdas' handlers and the state machine template (package data
+    of the local cloud and the planner)."""
+    readme = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["readme"]
+    others = {
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "functions").rglob("*")
+        if p.is_file() and "executor" not in p.relative_to(ROOT / "functions").parts[:1]
+    }
+    return {readme, "terraform/modules/pipeline/state_machine.asl.json.tftpl"} | others
+
+
+def test_image_workflow_rebuilds_when_the_executor_s_code_changes() -> None:
+    """Every file the Dockerfile copies into the image matches a push path filter, but those
+    the executor never loads."""
+    push = triggers(load("image.yml"))["push"]
+    assert push["branches"] == ["main"]
+    copied = {
+        str(p.relative_to(ROOT)) if p.is_file() else source
+        for source in dockerfile_copy_sources()
+        for p in ([ROOT / source] if (ROOT / source).is_file() else (ROOT / source).rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    assert "tools/cosmicai/cli/main.py" in copied, "dockerfile_copy_sources found the sources"
+    unfiltered = {
+        f
+        for f in copied - not_executor_code()
+        if not any(fnmatch.fnmatch(f, p) for p in push["paths"])
+    }
+    assert not unfiltered, f"a change to {sorted(unfiltered)} (in the image) does not rebuild it"
+
+
+def test_image_workflow_pushes_the_tested_build_after_its_checks() -> None:
+    image = load("image.yml")
+    builds = [s["with"] for s in uses(image, "docker/build-push-action")]
     for build in builds:
         assert build["file"] == "images/executor/Dockerfile" and build["context"] == "."
         assert build["cache-from"] == "type=gha" and build["cache-to"].startswith("type=gha")
     tested, pushed_build = builds
     assert tested["platforms"] == "linux/amd64" and tested["load"] is True
     assert tested["push"] is False
-    assert pushed_build["platforms"] == "linux/amd64,linux/arm64" and pushed_build["push"]
+    assert set(pushed_build["platforms"].split(",")) == {"linux/amd64", "linux/arm64"}
+    assert pushed_build["push"] is True
     assert pushed_build["tags"] == "${{ vars.COSMICAI_ECR_REPOSITORY_URL }}:${{ github.sha }}"
     assert tested["build-args"] == pushed_build["build-args"], "the pushed image is the tested one"
     assert uses(image, "docker/setup-qemu-action") and uses(image, "docker/setup-buildx-action")
-    text = run_text(image)
-    assert "import fmi, torch" in text
-    assert "images/executor/smoke_test.py --image" in text
-    assert "docker image inspect --format '{{.Size}}'" in text
     credentials = uses(image, "aws-actions/configure-aws-credentials")[0]["with"]
     assert credentials["role-to-assume"] == "${{ vars.COSMICAI_IMAGE_ROLE_ARN }}"
     assert uses(image, "aws-actions/amazon-ecr-login")
-    # Lambda takes single-architecture images: each one is pushed under its own tag.
-    assert 'docker push "${REPOSITORY_URL}:${GITHUB_SHA}-${pair##*:}"' in text
-    assert "for pair in amd64:x86_64 arm64:arm64" in text
     order = [s.get("name", s.get("uses", "")) for s in steps(image)]
-    smoke = next(i for i, n in enumerate(order) if "Runtime Interface Emulator" in n)
-    budget = next(i for i, n in enumerate(order) if n.startswith("Size budget"))
-    pushed = next(i for i, n in enumerate(order) if n.startswith("Push"))
-    assert max(smoke, budget) < pushed, "only a tested image within its budget is pushed"
+    checks = [i for i, n in enumerate(order) if n.startswith(("Native", "Size", "Tiny"))]
+    pushed = min(i for i, n in enumerate(order) if n.startswith("Push"))
+    assert len(checks) == 3 and max(checks) < pushed, "only a tested image is pushed"
+
+
+def test_image_workflow_checks_run_the_repository_s_scripts() -> None:
+    image = load("image.yml")
+    (native,) = commands(step(image, "Native modules")["run"])
+    imported = {
+        alias.name
+        for node in ast.walk(ast.parse(native[native.index("-c") + 1]))
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert {"fmi", "torch"} <= imported
+    (smoke,) = commands(step(image, "Tiny inference")["run"])
+    script = ROOT / smoke[1]
+    assert script.is_file()
+    usage = subprocess.run(
+        [sys.executable, str(script), "--help"], capture_output=True, text=True, check=True
+    )
+    assert all(flag in usage.stdout for flag in smoke[2:] if flag.startswith("--"))
+
+
+def test_image_workflow_pushes_one_tag_per_lambda_architecture(
+    run_step: Callable[..., StepRun], tmp_path: Path
+) -> None:
+    """The push step, run with docker faked, tags and pushes SHA-<arch> for each architecture
+    Terraform's executor_architecture accepts, pulled for that platform."""
+    summary = tmp_path / "summary.md"
+    env = {"REPOSITORY_URL": "ecr.example/cosmicai", "GITHUB_SHA": "abc123"}
+    done = run_step(
+        step(load("image.yml"), "Push each architecture")["run"],
+        {**env, "GITHUB_STEP_SUMMARY": str(summary)},
+    )
+    assert done.returncode == 0, done.output
+    docker = [call["args"] for call in done.of("docker")]
+    pushed = {args[-1] for args in docker if args[0] == "push"}
+    variables = (ROOT / "terraform" / "variables.tf").read_text()
+    block = variables.split('variable "executor_architecture"')[1].split("\nvariable ")[0]
+    architectures = set(re.findall(r'"(\w+)"', re.search(r"contains\(\[(.*?)\]", block)[1]))
+    assert pushed == {f"ecr.example/cosmicai:abc123-{arch}" for arch in architectures}
+    pulled = {args[args.index("--platform") + 1] for args in docker if args[0] == "pull"}
+    assert pulled == {"linux/amd64", "linux/arm64"}
+    assert all(f"abc123-{arch}" in summary.read_text() for arch in architectures)
+
+
+def cli_calls(workflow: dict[str, Any]) -> list[tuple[int, list[str]]]:
+    """(step index, argv after `cosmicai`) of every CLI call in the workflow's steps."""
+    found = []
+    for index, s in enumerate(steps(workflow)):
+        for argv in commands(s.get("run", "")):
+            if argv[0] == ".venv/bin/cosmicai":
+                found.append((index, argv[1 : argv.index(">") if ">" in argv else None]))
+    return found
 
 
 def test_run_workflow_validates_runs_and_reports() -> None:
+    """Each CLI call parses with the real parser; validate precedes the AWS credentials, and
+    run, results and report go to AWS with the deployment's variables."""
+    from cosmicai.cli.main import build_parser
+
     run = load("run.yml")
     on = triggers(run)
     assert on["workflow_dispatch"]["inputs"]["payload"]["default"] == "payload.json"
     assert "payload.json" in on["push"]["paths"]
-    text = run_text(run)
-    order = [text.index(c) for c in ("cosmicai validate", "cosmicai run", "cosmicai report")]
-    assert order == sorted(order)
-    assert "--aws" in text and "GITHUB_STEP_SUMMARY" in text
-    assert uses(run, "actions/upload-artifact")
+    parser = build_parser()[0]
+    env = load("run.yml")["jobs"]["run"]["env"]
+    sample = {"PAYLOAD": "payload.json", "RUN_ID": "gh-7-1", "REGION": "us-east-1"}
+    sample |= {"STATE_MACHINE_ARN": "arn:aws:states:us-east-1:1:stateMachine:x"}
+    sample |= {"RUNS_BUCKET": "cosmicai-runs"}
+    assert set(sample) == set(env), "sample a value for each of the job's variables"
+
+    def expand(argv: list[str]) -> list[str]:
+        return [re.sub(r"\$\{(\w+)\}", lambda m: sample[m[1]], a) for a in argv]
+
+    calls = [(index, parser.parse_args(expand(argv))) for index, argv in cli_calls(run)]
+    assert [args.command for _, args in calls] == ["validate", "run", "results", "report"]
+    credentials_at = next(
+        i for i, s in enumerate(steps(run)) if "configure-aws" in s.get("uses", "")
+    )
+    assert calls[0][0] < credentials_at < calls[1][0], "validate before any cloud call"
+    for _, args in calls[1:]:
+        assert args.aws and args.state_machine_arn == sample["STATE_MACHINE_ARN"]
+        assert (args.bucket, args.region) == (sample["RUNS_BUCKET"], sample["REGION"])
+    report = calls[-1][1]
+    upload = uses(run, "actions/upload-artifact")[0]["with"]["path"]
+    assert Path(report.html).parent == Path(upload)
     credentials = uses(run, "aws-actions/configure-aws-credentials")[0]["with"]
     assert credentials["role-to-assume"] == "${{ vars.COSMICAI_RUN_ROLE_ARN }}"
     # The dispatch input reaches shell only through the environment, never spliced into code.
-    for step in steps(run):
-        assert "inputs." not in step.get("run", ""), step
+    for s in steps(run):
+        assert "inputs." not in s.get("run", ""), s
 
 
 @pytest.mark.parametrize(
