@@ -298,3 +298,23 @@ def test_failed_save_keeps_the_old_file(
         save_checkpoint(build_model(TINY, seed=99), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_loading_weights_skips_the_random_init(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint's model is built on the meta device and filled from the file: the seeded
+    init of every parameter (15.8 M for the full model) is never drawn only to be overwritten."""
+    import cosmicai.inference.model as model_module
+
+    path = save_checkpoint(build_model(AstroMAEConfig.tiny(), seed=4), tmp_path / "m.safetensors")
+    expected = {k: v.clone() for k, v in load_model(path).model.state_dict().items()}
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("random init drawn for a model whose weights are loaded")
+
+    monkeypatch.setattr(model_module, "_initialize", refuse)
+    loaded = load_model(path)
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.model.state_dict().items())
+    with pytest.raises(AssertionError, match="random init drawn"):
+        load_model(None, config=AstroMAEConfig.tiny())  # the untrained model does draw it
