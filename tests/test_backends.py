@@ -11,13 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cosmicai.errors import CheckpointError, CosmicAIError
 from cosmicai.inference import backends
 from cosmicai.inference.backends import export_path, load_engine_model
-from cosmicai.inference.checkpoint import load_model, save_checkpoint
+from cosmicai.inference.checkpoint import LoadedModel, load_model, save_checkpoint
 from cosmicai.inference.engine import EngineConfig, run_inference
 from cosmicai.inference.model import AstroMAEConfig, build_model
+from cosmicai.inference.partition_io import read_partition
 from cosmicai.inference.synthetic import make_data
 
 pytest.importorskip("onnxruntime")
@@ -150,4 +152,37 @@ def test_torch_backend_is_the_loaded_model_unchanged(work: Path) -> None:
     assert (
         run_inference(model, _files(work), config).predictions
         == run_inference(loaded, _files(work), config).predictions
+    )
+
+
+def _eager_fixed_shape(loaded: LoadedModel, files: list[Path], micro_batch: int) -> list[float]:
+    """The torch engine's algorithm before backends existed, written out: torch tensors, each
+    file in zero-padded micro-batches of one shape, one thread, `inference_mode`."""
+    predictions: list[float] = []
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for path in files:
+            part = read_partition(path)
+            for first in range(0, len(part), micro_batch):
+                images = torch.zeros(micro_batch, *part.images.shape[1:])
+                magnitudes = torch.zeros(micro_batch, part.magnitudes.shape[1])
+                rows = min(micro_batch, len(part) - first)
+                images[:rows] = part.images[first : first + rows]
+                magnitudes[:rows] = part.magnitudes[first : first + rows]
+                with torch.inference_mode():
+                    predictions += loaded.model(images, magnitudes)[:rows].tolist()
+    finally:
+        torch.set_num_threads(previous)
+    return predictions
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_torch_backend_is_bit_identical_to_the_eager_fixed_shape_engine(
+    work: Path, threads: int
+) -> None:
+    loaded = load_model(work / "model.safetensors")
+    config = EngineConfig(batch_size=64, threads=threads)
+    assert run_inference(loaded, _files(work), config).predictions == _eager_fixed_shape(
+        loaded, _files(work), 32
     )
