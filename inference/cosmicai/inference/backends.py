@@ -24,7 +24,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -50,16 +50,20 @@ Forward = Callable[[np.ndarray, np.ndarray], np.ndarray]
 class EngineModel(Protocol):
     """A model the engine can run: its input shape, where it came from, and a forward pass."""
 
-    backend: str
-    sample_shape: tuple[int, int, int]
-    parameters: int
-    trained: bool
-    source: str
+    @property
+    def backend(self) -> str: ...
+    @property
+    def sample_shape(self) -> tuple[int, int, int]: ...
+    @property
+    def parameters(self) -> int: ...
+    @property
+    def trained(self) -> bool: ...
+    @property
+    def source(self) -> str: ...
 
     def open(
         self, micro_batch: int, threads: int, workers: int, device: str
-    ) -> Any:  # a context manager yielding a Forward
-        ...
+    ) -> AbstractContextManager[Forward]: ...
 
 
 @dataclass
@@ -100,7 +104,8 @@ class TorchModel:
             with torch.inference_mode():  # thread-local: each worker enters it
                 x = torch.from_numpy(images).to(target)
                 m = torch.from_numpy(magnitudes).to(target)
-                return model(x, m).cpu().numpy()
+                out: np.ndarray = model(x, m).cpu().numpy()
+                return out
 
         try:
             yield forward
@@ -131,7 +136,8 @@ class OnnxModel:
         session = _session(str(self.path), 1 if workers > 1 else threads)
 
         def forward(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
-            return session.run(None, {"images": images, "magnitudes": magnitudes})[0]
+            out: np.ndarray = session.run(None, {"images": images, "magnitudes": magnitudes})[0]
+            return out
 
         yield forward
 
@@ -331,7 +337,7 @@ def export_onnx(
             torch.onnx.export(
                 loaded.model.eval(),
                 example,
-                out.handle,
+                out.handle,  # type: ignore[arg-type]  # a binary file works; the hint says path
                 input_names=["images", "magnitudes"],
                 output_names=["redshifts"],
                 opset_version=OPSET,
@@ -370,12 +376,12 @@ def _read_sidecar(target: Path, digest: str, micro_batch: int) -> OnnxModel | No
         )
         if not fits:
             return None
-        shape = tuple(int(d) for d in side["sample_shape"])
+        channels, height, width = (int(d) for d in side["sample_shape"])
         return OnnxModel(
             target,
             micro_batch,
-            shape,
-            int(side["parameters"]),  # type: ignore[arg-type]
+            (channels, height, width),
+            int(side["parameters"]),
             bool(side["trained"]),
             str(side["source"]),
         )

@@ -190,7 +190,7 @@ def _run_phase(
             f"benchmark phase {phase!r} failed (exit {done.returncode}):\n"
             f"{done.stderr.strip()[-2000:]}"
         )
-    result = json.loads(out.read_text())
+    result: dict[str, Any] = json.loads(out.read_text())
     result["cold_start_s"] = result.pop("ready_at") - spawned
     return result
 

@@ -356,8 +356,8 @@ def _from_module(
     module: nn.Module, path: Path, config: AstroMAEConfig | None, device: str
 ) -> LoadedModel:
     """A trusted whole-model pickle of another module: unwrap `.module`, use it as is."""
-    while isinstance(getattr(module, "module", None), nn.Module):
-        module = module.module
+    while isinstance(inner := getattr(module, "module", None), nn.Module):
+        module = inner
     if isinstance(module, AstroMAE):
         chosen = _choose_config(module.config.to_dict(), config, path)
         return _ready(module, chosen, True, str(path), device)

@@ -62,6 +62,8 @@ from cosmicai.inference.partition_io import Partition, read_partition_arrays
 from cosmicai.peak_memory import peak_rss_mb
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
     from cosmicai.inference.checkpoint import LoadedModel
 
 DEVICES = ("cpu", "cuda")
@@ -224,7 +226,8 @@ class _Runner:
         if rows < self.micro_batch:  # pad the tail: every forward pass has one shape
             buffers.images[rows:] = 0
             buffers.magnitudes[rows:] = 0
-        return self.forward(buffers.images, buffers.magnitudes)[:rows].tolist()
+        predictions: list[float] = self.forward(buffers.images, buffers.magnitudes)[:rows].tolist()
+        return predictions
 
 
 def _timed(files: Iterable[Path], totals: _Totals) -> Iterator[Path]:
@@ -237,6 +240,11 @@ def _timed(files: Iterable[Path], totals: _Totals) -> Iterator[Path]:
         if path is None:
             return
         yield Path(path)
+
+
+def _is_engine_model(model: EngineModel | LoadedModel) -> TypeIs[EngineModel]:
+    """A backend's model (it opens a forward pass), not a loaded PyTorch model."""
+    return hasattr(model, "open")
 
 
 def run_inference(
@@ -258,7 +266,7 @@ def run_inference(
     `result_path` is recorded as given. Raises CosmicAIError for bad settings or data.
     """
     config.validate()
-    engine_model = model if hasattr(model, "open") else TorchModel(model)  # type: ignore[arg-type]
+    engine_model = model if _is_engine_model(model) else TorchModel(model)
     config.check_backend(engine_model)
     if isinstance(files, Sequence) and labels is not None and len(labels) != len(files):
         raise ValueError(f"{len(labels)} labels for {len(files)} files")

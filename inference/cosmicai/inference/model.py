@@ -94,7 +94,7 @@ class AstroMAEConfig:
     @property
     def inception_flat_dim(self) -> int:
         """Length of the flattened inception output (the last block has 3 branches)."""
-        side = self.img_size // 2**INCEPTION_POOLS
+        side: int = self.img_size // 2**INCEPTION_POOLS  # int ** int is Any to mypy
         return 3 * self.inception_widths[-1] * side * side
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,7 +124,8 @@ class PatchEmbed(nn.Module):
         )
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.proj(images).flatten(2).transpose(1, 2)
+        patches: Tensor = self.proj(images)
+        return patches.flatten(2).transpose(1, 2)
 
 
 class Attention(nn.Module):
@@ -141,7 +142,8 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(n, t, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(n, t, d))
+        out: Tensor = self.proj(x.transpose(1, 2).reshape(n, t, d))
+        return out
 
 
 class Mlp(nn.Module):
@@ -152,7 +154,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        out: Tensor = self.fc2(self.act(self.fc1(x)))
+        return out
 
 
 class Block(nn.Module):
@@ -167,7 +170,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        out: Tensor = x + self.mlp(self.norm2(x))
+        return out
 
 
 class ViTEncoder(nn.Module):
@@ -188,7 +192,8 @@ class ViTEncoder(nn.Module):
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        return self.head(self.fc_norm(x[:, 1:].mean(dim=1)))
+        out: Tensor = self.head(self.fc_norm(x[:, 1:].mean(dim=1)))
+        return out
 
 
 class ConvBNReLU(nn.Module):
@@ -272,7 +277,8 @@ class AstroMAE(nn.Module):
             (self.vit_mlp(self.vit(images)), self.inception(images), self.magnitude(magnitudes)),
             dim=1,
         )
-        return self.head(features)[:, 0]
+        out: Tensor = self.head(features)
+        return out[:, 0]
 
     def _check_inputs(self, images: Tensor, magnitudes: Tensor) -> None:
         c, s = self.config.in_chans, self.config.img_size
@@ -301,7 +307,8 @@ def _initialize(model: AstroMAE, generator: torch.Generator) -> None:
         if isinstance(module, nn.Linear | nn.Conv2d):
             bound = 1.0 / math.sqrt(module.weight[0].numel())
             nn.init.uniform_(module.weight, -bound, bound, generator=generator)
-            nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+            if module.bias is not None:  # every layer here has one
+                nn.init.uniform_(module.bias, -bound, bound, generator=generator)
         elif isinstance(module, nn.LayerNorm | nn.BatchNorm2d):
             module.reset_parameters()
     for token in (model.vit.cls_token, model.vit.pos_embed):

@@ -147,7 +147,8 @@ def _as_array(name: str, value: Any, where: str | Path, arrays: bool) -> np.ndar
                 f"{where}: {name} has dtype {value.dtype}; accepted dtypes are {_accepted()} "
                 "(read as float32); convert with .float()"
             )
-        return value.detach().cpu().numpy()
+        array: np.ndarray = value.detach().cpu().numpy()
+        return array
     raise DataFormatError(f"{where}: {name} is a {type(value).__name__}, expected a torch.Tensor")
 
 
@@ -162,15 +163,15 @@ def validated_arrays(
         for name, value in given.items()
         if value is not None or name != "redshifts"
     }
-    arrays = {name: _checked(name, array, where) for name, array in stored.items()}
-    count = arrays["images"].shape[0]
-    for name, array in arrays.items():
+    checked = {name: _checked(name, array, where) for name, array in stored.items()}
+    count = checked["images"].shape[0]
+    for name, array in checked.items():
         if array.shape[0] != count:
             raise DataFormatError(
                 f"{where}: images has {count} samples but {name} has {array.shape[0]}; "
                 "every tensor needs one row per sample"
             )
-    for name, array in arrays.items():
+    for name, array in checked.items():
         bad, first = _non_finite(array)
         if bad:
             overflow = (
@@ -180,7 +181,7 @@ def validated_arrays(
                 f"{where}: {name} contain NaN or inf{overflow} in {bad} sample(s), first at "
                 f"sample {first}; drop or impute those samples and write the partition again"
             )
-    return arrays["images"], arrays["magnitudes"], arrays.get("redshifts")
+    return checked["images"], checked["magnitudes"], checked.get("redshifts")
 
 
 def check_suffix(path: Path, where: str | Path | None = None) -> None:
@@ -395,7 +396,9 @@ class PartitionWriter:
             raise ValueError(
                 f"{self.path}: {self.written + count} samples written, {self.samples} declared"
             )
-        chunk = {"images": images, "magnitudes": magnitudes, "redshifts": redshifts}
+        chunk = {"images": images, "magnitudes": magnitudes}
+        if redshifts is not None:
+            chunk["redshifts"] = redshifts
         for name, (start, row_bytes) in self._offsets.items():
             self._file.handle.seek(self._data_start + start + self.written * row_bytes)
             _write_view(self._file.handle, chunk[name])
@@ -443,15 +446,19 @@ def write_partition(
     written."""
     path = Path(path)
     check_suffix(path)
-    images, magnitudes, redshifts = validated_arrays(images, magnitudes, redshifts, path)
+    image_rows, magnitude_rows, redshift_rows = validated_arrays(
+        images, magnitudes, redshifts, path
+    )
     if path.suffix == _SAFETENSORS_SUFFIX:
-        with PartitionWriter(path, len(images), labelled=redshifts is not None) as writer:
-            writer.write_arrays(images, magnitudes, redshifts)
+        with PartitionWriter(path, len(image_rows), labelled=redshift_rows is not None) as writer:
+            writer.write_arrays(image_rows, magnitude_rows, redshift_rows)
         return path.stat().st_size
     import torch
     from torch.utils.data import TensorDataset
 
-    arrays = [images, magnitudes] if redshifts is None else [images, magnitudes, redshifts]
+    arrays = [image_rows, magnitude_rows]
+    if redshift_rows is not None:
+        arrays.append(redshift_rows)
     tensors = [_own_storage(torch.from_numpy(np.ascontiguousarray(a))) for a in arrays]
     target = AtomicFile(path)
     try:

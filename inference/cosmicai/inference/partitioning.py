@@ -250,7 +250,11 @@ def partition(
             with PartitionWriter(path, samples, labelled=labelled) as writer:
                 for index, start, stop in segments:
                     rows = open_source(index)
-                    redshifts = rows.redshifts[start:stop] if labelled else None
+                    redshifts = (
+                        rows.redshifts[start:stop]
+                        if labelled and rows.redshifts is not None
+                        else None
+                    )
                     writer.write(rows.images[start:stop], rows.magnitudes[start:stop], redshifts)
             published.append(path)
             entries.append(

@@ -178,11 +178,11 @@ class _Unpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"storage data/{key} is missing") from None
         if len(data) < nbytes:
             raise pickle.UnpicklingError(f"storage data/{key} is shorter than {nbytes} bytes")
-        storage = torch.UntypedStorage(0)
+        storage = torch.UntypedStorage(0)  # type: ignore[no-untyped-call]  # unannotated in torch
         if nbytes:
             storage = torch.UntypedStorage.from_buffer(data[:nbytes], dtype=torch.uint8)
         if self._little != (sys.byteorder == "little"):
-            storage.byteswap(dtype)
+            storage.byteswap(dtype)  # type: ignore[no-untyped-call]  # unannotated in torch
         return _Storage(storage, dtype)
 
 
@@ -273,7 +273,11 @@ def _stored_config(root: Any) -> dict[str, Any] | None:
     while (attrs := _module_attrs(root)) is not None and "module" in attrs["_modules"]:
         root = attrs["_modules"]["module"]
     config = (attrs or {}).get("config")
-    if type(config).__name__ == "AstroMAEConfig" and isinstance(config.state, dict):
+    if (
+        config is not None
+        and type(config).__name__ == "AstroMAEConfig"
+        and isinstance(config.state, dict)
+    ):
         return dict(config.state)
     return None
 

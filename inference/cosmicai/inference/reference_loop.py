@@ -50,7 +50,8 @@ def load_reference_data(source: Path | BinaryIO) -> TensorDataset:
         buffer = source
     buffer.seek(0)
     with torch.serialization.safe_globals([TensorDataset]):
-        return torch.load(buffer, weights_only=True)
+        dataset: TensorDataset = torch.load(buffer, weights_only=True)
+    return dataset
 
 
 def run_reference(

@@ -107,7 +107,9 @@ def _profiles(rng: np.random.Generator, kind: np.ndarray, diameter_mpc: np.ndarr
     scaled = np.sqrt(along**2 + across**2 + np.float32(_PSF_SIGMA_PX**2))
     scaled /= radius_px.astype(np.float32)
     profile = np.exp(-b_n.astype(np.float32) * (scaled ** (1 / sersic).astype(np.float32) - 1))
-    return profile / profile.sum(axis=(1, 2), keepdims=True, dtype=np.float64).astype(np.float32)
+    total = profile.sum(axis=(1, 2), keepdims=True, dtype=np.float64).astype(np.float32)
+    normalised: np.ndarray = profile / total
+    return normalised
 
 
 def _chunk(seed: int, index: int, n: int) -> Chunk:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -118,7 +118,7 @@ class PartitionStream:
     waited_s: float = 0.0
     download_s: float = 0.0
 
-    def __iter__(self) -> Iterator[Path]:
+    def __iter__(self) -> Generator[Path, None, None]:
         if not self.files:
             return
         with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
@@ -272,7 +272,8 @@ def run_engine(s3: Any, task: RankTask, paths: Iterable[Path]) -> dict[str, Any]
 
 def code_path(task: RankTask) -> Path:
     """`<tmp>/<S3_object_name>`, where the reference executor put the code (/tmp on Lambda)."""
-    return Path(tempfile.gettempdir()) / task.settings["S3_object_name"].strip("/")
+    name: str = task.settings["S3_object_name"].strip("/")
+    return Path(tempfile.gettempdir()) / name
 
 
 def _download_code(s3: Any, task: RankTask, root: Path) -> None:
@@ -375,7 +376,9 @@ def _run_in_own_group(command: list[str], cwd: Path, env: dict[str, str], logs: 
             process.wait()
 
 
-def reference_record(s3: Any, task: RankTask, env: dict[str, str], since: float) -> dict | None:
+def reference_record(
+    s3: Any, task: RankTask, env: dict[str, str], since: float
+) -> dict[str, Any] | None:
     """The record the script wrote the reference way (`DATA_BUCKET/RESULT_PATH/<rank>.json`),
     or None; one older than the script's start (a previous run's) is ignored."""
     bucket, key = env["DATA_BUCKET"], f"{env['RESULT_PATH']}/{task.rank}.json"
@@ -540,8 +543,8 @@ def run_rank(s3: Any, event: dict[str, Any], *, request_id: str, log: Log) -> di
         else:
             check_storage(s3, task.files, workdir, streamed=True)
             stream = PartitionStream(s3, task.files, workdir)
-            with contextlib.closing(iter(stream)) as paths:
-                record = run_engine(s3, task, paths)
+            with contextlib.closing(iter(stream)) as streamed:
+                record = run_engine(s3, task, streamed)
             download_s, download_total_s = stream.waited_s, stream.download_s
             log(
                 "partitions streamed",

@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from cosmicai.errors import CosmicAIError
-from cosmicai.payload import Payload, PayloadError, validate_payload
+from cosmicai.payload import Payload, PayloadError, Problem, validate_payload
 from cosmicai.pipeline.layout import RunLayout
 from cosmicai.pipeline.s3objects import iter_objects
 
@@ -192,7 +192,12 @@ def executor_qualifier(event: dict[str, Any]) -> str:
     qualifier = event.get("executor_qualifier") or "$LATEST"
     if not isinstance(qualifier, str) or not _QUALIFIER.match(qualifier):
         raise PayloadError(
-            f"executor_qualifier {qualifier!r} is not a Lambda version or alias name: start the "
-            f"execution without it (the ranks then invoke $LATEST) or with a published one"
+            [
+                Problem(
+                    "executor_qualifier",
+                    f"{qualifier!r} is not a Lambda version or alias name: start the execution "
+                    f"without it (the ranks then invoke $LATEST) or with a published one",
+                )
+            ]
         )
     return qualifier

@@ -54,10 +54,13 @@ def _failures(s3: Any, bucket: str, layout: RunLayout, succeeded: set[int]) -> l
 
 def _cause(cause: str | None) -> str | None:
     """A Lambda error's cause is its JSON error body: keep just its message."""
+    if cause is None:
+        return None
     try:
-        return json.loads(cause)["errorMessage"]
+        message = json.loads(cause)["errorMessage"]
     except (TypeError, ValueError, KeyError):
         return cause
+    return message if isinstance(message, str) else cause
 
 
 def _status(
