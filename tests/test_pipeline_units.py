@@ -41,7 +41,6 @@ def test_assignment_is_balanced_ordered_and_complete(n: int, world: int) -> None
     assert [k for block in blocks for k in block] == keys  # every file once, in order
     sizes = [len(b) for b in blocks]
     assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
-    assert assign_files(keys, world) == blocks  # deterministic
 
 
 @pytest.mark.parametrize(

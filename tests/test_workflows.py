@@ -240,7 +240,7 @@ def test_image_workflow_rebuilds_when_the_executor_s_code_changes() -> None:
     push = triggers(load("image.yml"))["push"]
     assert push["branches"] == ["main"]
     copied = {
-        str(p.relative_to(ROOT)) if p.is_file() else source
+        str(p.relative_to(ROOT))
         for source in dockerfile_copy_sources()
         for p in ([ROOT / source] if (ROOT / source).is_file() else (ROOT / source).rglob("*"))
         if p.is_file() and "__pycache__" not in p.parts
