@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Bootstrap the virtualenv, then run the linter and the whole test suite.
+# Bootstrap the virtualenv, then run the linter and the whole test suite. The per-test timeout
+# is pyproject.toml's [tool.pytest.ini_options] timeout (pass --timeout N to override it).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/bootstrap.sh" dev

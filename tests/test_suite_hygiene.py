@@ -48,3 +48,12 @@ def test_the_check_finds_self_comparisons(source: str, flagged: bool) -> None:
 def test_no_assert_compares_a_call_with_itself(path: Path) -> None:
     found = self_comparisons(path.read_text())
     assert not found, f"{path.name} compares a call with itself: {found}"
+
+
+def test_one_place_sets_the_per_test_timeout(pytestconfig: pytest.Config) -> None:
+    """pyproject.toml's pytest section sets the limit; the scripts CI runs do not override it."""
+    assert float(pytestconfig.getini("timeout")) > 0, "set timeout in [tool.pytest.ini_options]"
+    for script in ("scripts/test.sh", ".ci/run"):
+        lines = (TESTS.parent / script).read_text().splitlines()
+        code = [line for line in lines if not line.lstrip().startswith("#")]
+        assert not any("--timeout" in line for line in code), f"{script} sets its own timeout"
