@@ -22,9 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "build" / "lambda", help="output folder"
-    )
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "lambda", help="output folder")
     parser.add_argument(
         "--function", action="append", choices=ZIP_FUNCTIONS, help="build only this one"
     )

@@ -27,10 +27,23 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
     out = tmp_path_factory.mktemp("bench") / "engine.json"
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main([
-            "bench", "engine", "--samples", "64", "--model-size", "tiny", "--batch-size", "16",
-            "--threads", "1", "--out", str(out), "--json",
-        ])
+        code = main(
+            [
+                "bench",
+                "engine",
+                "--samples",
+                "64",
+                "--model-size",
+                "tiny",
+                "--batch-size",
+                "16",
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
     assert code == 0, stderr.getvalue()
     return json.loads(stdout.getvalue()), json.loads(out.read_text())
 
@@ -62,8 +75,10 @@ def test_json_has_every_key(bench: tuple[dict, dict]) -> None:
     assert eng["num_batches"] == ref["num_batches"] == 4
     onnx = printed["engine_onnxruntime"]
     assert onnx["backend"] == "onnxruntime" and eng["backend"] == "torch"
-    assert printed["cold_start_s"] == {"torch": eng["cold_start_s"],
-                                       "onnxruntime": onnx["cold_start_s"]}
+    assert printed["cold_start_s"] == {
+        "torch": eng["cold_start_s"],
+        "onnxruntime": onnx["cold_start_s"],
+    }
     assert onnx["max_abs_diff_vs_torch"] <= 1e-6
     assert printed["targets"]["onnxruntime_predictions_met"] is True
 
@@ -97,12 +112,15 @@ def test_reference_loop_is_eager_fp32_over_dataloader_batches(tmp_path: Path) ->
     write_partition(tmp_path / "data.pt", images, magnitudes, torch.rand(21, generator=g))
     run = run_reference(loaded.model, tmp_path / "data.pt", batch_size=8)
     with torch.no_grad():
-        eager = [loaded.model(images[i:i + 8], magnitudes[i:i + 8]) for i in range(0, 21, 8)]
+        eager = [loaded.model(images[i : i + 8], magnitudes[i : i + 8]) for i in range(0, 21, 8)]
     assert run.predictions == torch.cat(eager).tolist()
     assert run.samples == 21 and run.num_batches == 3
     assert set(run.reported) == {
-        "total_cpu_time (seconds)", "total_cpu_memory (MB)", "execution_time (seconds/batch)",
-        "throughput_bps", "sample_persec",
+        "total_cpu_time (seconds)",
+        "total_cpu_memory (MB)",
+        "execution_time (seconds/batch)",
+        "throughput_bps",
+        "sample_persec",
     }
     assert run.reported["sample_persec"] == pytest.approx(
         21 / run.reported["total_cpu_time (seconds)"]

@@ -20,13 +20,30 @@ from cosmicai.inference.model import AstroMAEConfig, count_parameters
 from cosmicai.inference.partition_io import write_partition
 
 REFERENCE_FIELDS = (
-    "total_cpu_time (seconds)", "total_cpu_memory (MB)", "execution_time (seconds/batch)",
-    "num_batches", "batch_size", "device", "throughput_bps", "sample_persec", "result_path",
+    "total_cpu_time (seconds)",
+    "total_cpu_memory (MB)",
+    "execution_time (seconds/batch)",
+    "num_batches",
+    "batch_size",
+    "device",
+    "throughput_bps",
+    "sample_persec",
+    "result_path",
     "data_path",
 )
 OUR_FIELDS = (
-    "load_s", "compute_s", "wall_s", "samples", "samples_per_s", "peak_rss_mb",
-    "model_parameters", "model_trained", "model_source", "threads", "files", "metrics",
+    "load_s",
+    "compute_s",
+    "wall_s",
+    "samples",
+    "samples_per_s",
+    "peak_rss_mb",
+    "model_parameters",
+    "model_trained",
+    "model_source",
+    "threads",
+    "files",
+    "metrics",
 )
 INPUT_BYTES_PER_SAMPLE = (5 * 32 * 32 + 5) * 4  # images and magnitudes, float32
 
@@ -52,7 +69,7 @@ def write_split(
     directory.mkdir(parents=True, exist_ok=True)
     files, start = [], 0
     for i, size in enumerate(sizes):
-        part = [t[start:start + size] for t in (tensors if labelled else tensors[:2])]
+        part = [t[start : start + size] for t in (tensors if labelled else tensors[:2])]
         path = directory / f"part-{i:05d}.safetensors"
         write_partition(path, *part)
         files.append(path)
@@ -65,7 +82,7 @@ def assign(files: list[Path], world_size: int) -> list[list[Path]]:
     ranks, start = [], 0
     for rank in range(world_size):
         take = math.ceil((len(files) - start) / (world_size - rank))
-        ranks.append(files[start:start + take])
+        ranks.append(files[start : start + take])
         start += take
     return ranks
 
@@ -77,8 +94,11 @@ def test_record_has_every_reference_field_and_honest_figures(
     files = write_split(tmp_path, tensors, [70, 45])
     threads_before = torch.get_num_threads()
     result = run_inference(
-        tiny, files, EngineConfig(batch_size=32, threads=1),
-        data_path_label="s3://bucket/data", result_path="results/run-1",
+        tiny,
+        files,
+        EngineConfig(batch_size=32, threads=1),
+        data_path_label="s3://bucket/data",
+        result_path="results/run-1",
     )
     record = result.record
     assert set(REFERENCE_FIELDS + OUR_FIELDS) <= set(record)
@@ -128,8 +148,9 @@ def test_one_unlabelled_file_drops_the_truth(tmp_path: Path, tiny: LoadedModel) 
     assert result.true is None and result.record["metrics"] is None
 
 
-def check_invariance(loaded: LoadedModel, tmp_path: Path, sizes: list[int], batch_size: int,
-                     threads: int) -> None:
+def check_invariance(
+    loaded: LoadedModel, tmp_path: Path, sizes: list[int], batch_size: int, threads: int
+) -> None:
     """Split the data into files of `sizes`; every world size 1-5 must match one whole file."""
     n = sum(sizes)
     tensors = make_tensors(n, seed=1)

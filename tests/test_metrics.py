@@ -37,8 +37,15 @@ def test_outlier_threshold_is_strict() -> None:
 def test_perfect_predictions() -> None:
     y = [0.05, 0.3, 0.7, 1.2]
     m = redshift_metrics(y, y)
-    assert m == {"samples": 4, "mae": 0.0, "mse": 0.0, "bias": 0.0, "precision_nmad": 0.0,
-                 "r2": 1.0, "outlier_fraction": 0.0}
+    assert m == {
+        "samples": 4,
+        "mae": 0.0,
+        "mse": 0.0,
+        "bias": 0.0,
+        "precision_nmad": 0.0,
+        "r2": 1.0,
+        "outlier_fraction": 0.0,
+    }
 
 
 def test_r2_with_constant_truth_is_finite() -> None:

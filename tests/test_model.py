@@ -87,8 +87,15 @@ def _reference_forward(
 
     def cbr(x: torch.Tensor, p: str, pad: int) -> torch.Tensor:
         x = F.conv2d(x, sd[f"{p}.conv.weight"], sd[f"{p}.conv.bias"], padding=pad)
-        x = F.batch_norm(x, sd[f"{p}.bn.running_mean"], sd[f"{p}.bn.running_var"],
-                         sd[f"{p}.bn.weight"], sd[f"{p}.bn.bias"], training=False, eps=1e-5)
+        x = F.batch_norm(
+            x,
+            sd[f"{p}.bn.running_mean"],
+            sd[f"{p}.bn.running_var"],
+            sd[f"{p}.bn.weight"],
+            sd[f"{p}.bn.bias"],
+            training=False,
+            eps=1e-5,
+        )
         return F.relu(x)
 
     def inception(x: torch.Tensor, p: str, with_5x5: bool) -> torch.Tensor:
@@ -101,8 +108,16 @@ def _reference_forward(
     n, d, heads = images.shape[0], c.embed_dim, c.num_heads
     hd = d // heads
     # ViT: patches, class token, positions, pre-norm blocks, mean of patch tokens, fc_norm, head
-    x = F.conv2d(images, sd["vit.patch_embed.proj.weight"], sd["vit.patch_embed.proj.bias"],
-                 stride=c.patch_size).flatten(2).transpose(1, 2)
+    x = (
+        F.conv2d(
+            images,
+            sd["vit.patch_embed.proj.weight"],
+            sd["vit.patch_embed.proj.bias"],
+            stride=c.patch_size,
+        )
+        .flatten(2)
+        .transpose(1, 2)
+    )
     x = torch.cat([sd["vit.cls_token"].expand(n, 1, d), x], dim=1) + sd["vit.pos_embed"]
     for b in range(c.depth):
         p = f"vit.blocks.{b}"
@@ -137,19 +152,38 @@ def test_matches_independent_reference_forward(tiny_model: AstroMAE) -> None:
     assert "inception.8.branch3.0.conv.weight" not in sd  # the last block has no 5x5 branch
     with torch.no_grad():
         torch.testing.assert_close(
-            tiny_model(images, mags), _reference_forward(sd, TINY, images, mags),
-            rtol=1e-4, atol=1e-5,
+            tiny_model(images, mags),
+            _reference_forward(sd, TINY, images, mags),
+            rtol=1e-4,
+            atol=1e-5,
         )
 
 
 def test_encoder_keys_follow_timm_vision_transformer(tiny_model: AstroMAE) -> None:
     per_block = [
-        "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
-        "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
-        "mlp.fc2.weight", "mlp.fc2.bias",
+        "norm1.weight",
+        "norm1.bias",
+        "attn.qkv.weight",
+        "attn.qkv.bias",
+        "attn.proj.weight",
+        "attn.proj.bias",
+        "norm2.weight",
+        "norm2.bias",
+        "mlp.fc1.weight",
+        "mlp.fc1.bias",
+        "mlp.fc2.weight",
+        "mlp.fc2.bias",
     ]
-    expected = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
-                "fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
+    expected = {
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "fc_norm.weight",
+        "fc_norm.bias",
+        "head.weight",
+        "head.bias",
+    }
     expected |= {f"blocks.{b}.{k}" for b in range(TINY.depth) for k in per_block}
     assert set(tiny_model.vit.state_dict()) == expected
     sd = tiny_model.state_dict()

@@ -78,8 +78,15 @@ class AstroMAEConfig:
     def tiny(cls) -> AstroMAEConfig:
         """The same structure with small widths (about 20k parameters), for tests."""
         return cls(
-            embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0, feature_dim=32,
-            inception_stem=8, inception_widths=(4, 4, 2, 2, 2), mag_dim=32, mag_layers=2,
+            embed_dim=16,
+            depth=2,
+            num_heads=2,
+            mlp_ratio=2.0,
+            feature_dim=32,
+            inception_stem=8,
+            inception_widths=(4, 4, 2, 2, 2),
+            mag_dim=32,
+            mag_layers=2,
             head_dim=32,
         )
 
@@ -119,7 +126,9 @@ class PatchEmbed(nn.Module):
     def __init__(self, config: AstroMAEConfig) -> None:
         super().__init__()
         self.proj = nn.Conv2d(
-            config.in_chans, config.embed_dim, kernel_size=config.patch_size,
+            config.in_chans,
+            config.embed_dim,
+            kernel_size=config.patch_size,
             stride=config.patch_size,
         )
 
@@ -215,7 +224,8 @@ class InceptionBlock(nn.Module):
         self.branch2 = nn.Sequential(ConvBNReLU(in_ch, width, 1), ConvBNReLU(width, width, 3))
         self.branch3 = (
             nn.Sequential(ConvBNReLU(in_ch, width, 1), ConvBNReLU(width, width, 5))
-            if with_5x5 else None
+            if with_5x5
+            else None
         )
         self.branch4 = nn.Sequential(
             nn.MaxPool2d(kernel_size=3, stride=1, padding=1), ConvBNReLU(in_ch, width, 1)
@@ -261,13 +271,15 @@ class AstroMAE(nn.Module):
         self.config = config = config or AstroMAEConfig()
         self.vit = ViTEncoder(config)
         self.vit_mlp = nn.Sequential(
-            nn.Linear(config.embed_dim, config.feature_dim), nn.ReLU(),
+            nn.Linear(config.embed_dim, config.feature_dim),
+            nn.ReLU(),
             nn.Linear(config.feature_dim, config.feature_dim),
         )
         self.inception = _inception_branch(config)
         self.magnitude = _magnitude_branch(config)
         self.head = nn.Sequential(
-            nn.Linear(2 * config.feature_dim + config.mag_dim, config.head_dim), nn.ReLU(),
+            nn.Linear(2 * config.feature_dim + config.mag_dim, config.head_dim),
+            nn.ReLU(),
             nn.Linear(config.head_dim, 1),
         )
 

@@ -209,8 +209,11 @@ def pipeline_report(result: dict[str, Any]) -> str:
 
 def engine_report(result: dict[str, Any]) -> str:
     """The benchmark as a table plus one line per derived figure."""
-    phases = {"reference": "reference", "engine": "engine (torch)",
-              "engine_onnxruntime": "engine (onnxruntime)"}
+    phases = {
+        "reference": "reference",
+        "engine": "engine (torch)",
+        "engine_onnxruntime": "engine (onnxruntime)",
+    }
     rows = [{**result[key], "phase": label} for key, label in phases.items()]
     columns = (
         ("phase", "phase", "s"),
