@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from cosmicai.cli.main import main
+from cosmicai.defaults import EXECUTOR_ENGINE_BACKEND
+from cosmicai.inference.backends import load_engine_model
 from cosmicai.inference.checkpoint import load_model
 from cosmicai.inference.engine import EngineConfig, run_inference
 from cosmicai.inference.model import AstroMAEConfig
@@ -61,13 +63,17 @@ def test_demo_predictions_equal_a_single_engine_run(
             assert field in record
     pipeline = [p for r in combined for p in r["predictions"]]
 
-    single = run_inference(
-        load_model(None, config=AstroMAEConfig.tiny()),
-        [out / "data" / "galaxies.safetensors"],
-        EngineConfig(batch_size=32, threads=1),
+    data = [out / "data" / "galaxies.safetensors"]
+    config = EngineConfig(batch_size=32, threads=1)
+    assert {r["backend"] for r in combined} == {EXECUTOR_ENGINE_BACKEND}  # the deployed default
+    same_backend = load_engine_model(
+        None, backend=EXECUTOR_ENGINE_BACKEND, micro_batch=32, model_size="tiny"
     )
+    single = run_inference(same_backend, data, config)
     assert pipeline == single.predictions  # bit for bit
     assert [t for r in combined for t in r["true_redshift"]] == single.true
+    eager = run_inference(load_model(None, config=AstroMAEConfig.tiny()), data, config)
+    assert max(abs(a - b) for a, b in zip(pipeline, eager.predictions, strict=True)) <= 1e-6
 
 
 @pytest.mark.slow
