@@ -80,6 +80,18 @@ def test_export_is_cached_beside_the_checkpoint_and_redone_when_it_changes(
     assert first.path == target and target.is_file()  # type: ignore[union-attr]
     sidecar = json.loads(target.with_name(target.name + ".json").read_text())
     assert sidecar["micro_batch"] == 8 and sidecar["trained"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(  # no lock file beside it
+        ["model.safetensors", target.name, target.name + ".json"]
+    )
+    moved = tmp_path / "moved"  # e.g. uploaded with the checkpoint, downloaded by a rank
+    moved.mkdir()
+    for name in ("model.safetensors", target.name, target.name + ".json"):
+        (moved / name).write_bytes((tmp_path / name).read_bytes())
+    copied = (moved / target.name).stat().st_mtime_ns
+    reused = load_engine_model(moved / "model.safetensors", backend="onnxruntime", micro_batch=8)
+    assert (moved / target.name).stat().st_mtime_ns == copied  # used as found, not re-exported
+    assert reused.path == export_path(moved / "model.safetensors", 8)  # type: ignore[union-attr]
+    assert reused.source == str(moved / "model.safetensors")
     stamp = target.stat().st_mtime_ns
     load_engine_model(checkpoint, backend="onnxruntime", micro_batch=8)
     assert target.stat().st_mtime_ns == stamp  # reused, not exported again

@@ -231,8 +231,9 @@ def onnx_model(
     _require_onnxruntime()
     if checkpoint is None:
         name, digest = _untrained(micro_batch, config, model_size, seed)
+        source = f"random-init(seed={seed})"  # as load_model names it
         for folder in _prepared_dirs():
-            found = _read_sidecar(folder / name, digest, micro_batch)
+            found = _read_sidecar(folder / name, digest, micro_batch, source)
             if found is not None:
                 return found
         target = _cache_dir() / name
@@ -243,15 +244,15 @@ def onnx_model(
                 f"checkpoint {path} does not exist or is not a file; check the path, or leave "
                 "the checkpoint out to run an untrained, randomly initialised model"
             )
-        digest = _sha256(path)
+        digest, source = _sha256(path), str(path)
         target = export_path(path, micro_batch)
         if not os.access(path.parent, os.W_OK):
             target = _cache_dir() / f"{digest[:16]}-{target.name}"
-    found = _read_sidecar(target, digest, micro_batch)
+    found = _read_sidecar(target, digest, micro_batch, source)
     if found is not None:
         return found
     with _export_lock(target):  # ranks starting together export once; the others wait
-        found = _read_sidecar(target, digest, micro_batch)
+        found = _read_sidecar(target, digest, micro_batch, source)
         if found is not None:
             return found
         return export_onnx(
@@ -364,8 +365,9 @@ def export_onnx(
     return model
 
 
-def _read_sidecar(target: Path, digest: str, micro_batch: int) -> OnnxModel | None:
-    """The export at `target` if its sidecar says it was made from `digest` for `micro_batch`."""
+def _read_sidecar(target: Path, digest: str, micro_batch: int, source: str) -> OnnxModel | None:
+    """The export at `target` if its sidecar says it was made from `digest` for `micro_batch`
+    (`source`: the checkpoint as this process loads it; the sidecar's is where it was made)."""
     try:
         side = json.loads(_sidecar(target).read_text())
         fits = (
@@ -383,7 +385,7 @@ def _read_sidecar(target: Path, digest: str, micro_batch: int) -> OnnxModel | No
             (channels, height, width),
             int(side["parameters"]),
             bool(side["trained"]),
-            str(side["source"]),
+            source,
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None  # missing or unreadable: export again
@@ -391,10 +393,14 @@ def _read_sidecar(target: Path, digest: str, micro_batch: int) -> OnnxModel | No
 
 @contextmanager
 def _export_lock(target: Path) -> Iterator[None]:
-    """An exclusive lock on `<target>.lock` (advisory, released when the process ends)."""
+    """An exclusive lock for exporting to `target` (advisory, released when the process ends),
+    kept in the cache folder so nothing but the export lands beside a checkpoint."""
     import fcntl
 
-    with open(target.with_name(target.name + ".lock"), "a") as handle:
+    name = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:16]
+    locks = _cache_dir() / "locks"
+    locks.mkdir(exist_ok=True)
+    with open(locks / f"{name}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
