@@ -279,3 +279,34 @@ def test_a_full_tmp_while_downloading_names_the_object(
         f"s3://cosmicai-data/{keys[1]}: "
     )):  # fmt: skip
         run_rank(s3, rank_event(keys), request_id="r-n", log=quiet)
+
+
+def test_an_onnxruntime_rank_runs_the_export_uploaded_beside_its_checkpoint(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rank downloads `<checkpoint>.mb32.onnx` and its sidecar with the checkpoint and runs
+    them as found; without them it would export (which a broken exporter here would reveal)."""
+    pytest.importorskip("onnxruntime")
+    from cosmicai.inference import backends
+    from cosmicai.inference.checkpoint import save_checkpoint
+    from cosmicai.inference.model import AstroMAEConfig, build_model
+
+    local = tmp_path / "model" / "m.safetensors"
+    save_checkpoint(build_model(AstroMAEConfig.tiny(), seed=3), local)
+    export = backends.onnx_model(local, 8).path
+    for path in (local, export, export.with_name(export.name + ".json")):
+        s3.upload_file(str(path), "cosmicai-runs", f"models/{path.name}")
+    reference_file(s3, tmp_path, "parts/onnx-0.pt", 11)
+
+    def no_export(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the rank exported instead of using the uploaded export")
+
+    monkeypatch.setattr(backends, "export_onnx", no_export)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "lambda-tmp"))
+    (tmp_path / "lambda-tmp").mkdir()
+    event = rank_event(["parts/onnx-0.pt"])
+    event["settings"].update(model="models/m.safetensors", backend="onnxruntime")
+    record = rank_record(s3, run_rank(s3, event, request_id="r-onnx", log=quiet))
+    assert record["backend"] == "onnxruntime" and record["model_trained"] is True
+    assert record["model_source"].endswith("cosmicai-models/cosmicai-runs/models/m.safetensors")
+    assert record["samples"] == 11
