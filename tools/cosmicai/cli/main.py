@@ -39,8 +39,9 @@ PACKAGE_EXTRAS = {
 }  # fmt: skip
 
 
-class Terminated(Exception):
-    """SIGTERM arrived: handled like Ctrl-C, so every `with` block cleans up."""
+class Terminated(BaseException):
+    """SIGTERM arrived: handled like Ctrl-C (a BaseException like KeyboardInterrupt, so no
+    library's `except Exception` swallows it), and every `with` block cleans up."""
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleNotFoundError]]:
