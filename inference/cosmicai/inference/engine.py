@@ -116,14 +116,6 @@ class EngineConfig:
         if self.device == "cuda":
             _check_cuda()
 
-    def check_backend(self, model: EngineModel) -> None:
-        """Raise CosmicAIError unless `model`'s backend can run this configuration."""
-        if model.backend == "onnxruntime" and self.device != "cpu":
-            raise CosmicAIError(
-                f"backend 'onnxruntime' runs on CPU only, but device {self.device!r} was "
-                'requested; use "backend": "torch" for a GPU'
-            )
-
 
 def _check_cuda() -> None:
     import torch  # here only: ranks on the onnxruntime backend never import it
@@ -267,7 +259,6 @@ def run_inference(
     """
     config.validate()
     engine_model = model if _is_engine_model(model) else TorchModel(model)
-    config.check_backend(engine_model)
     if isinstance(files, Sequence) and labels is not None and len(labels) != len(files):
         raise ValueError(f"{len(labels)} labels for {len(files)} files")
     threads, micro_batch = config.resolved_threads(), config.resolved_micro_batch()
