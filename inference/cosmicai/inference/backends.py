@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from cosmicai.errors import CheckpointError, CosmicAIError
+from cosmicai.inference.partitioning import file_sha256
 
 if TYPE_CHECKING:
     from cosmicai.inference.checkpoint import LoadedModel
@@ -209,9 +210,15 @@ def _config(model_size: str | None) -> AstroMAEConfig | None:
     return AstroMAEConfig.tiny() if model_size == "tiny" else AstroMAEConfig()
 
 
+def export_suffixes(micro_batch: int) -> tuple[str, str]:
+    """What the export for `micro_batch` and its sidecar add to the checkpoint's file name."""
+    export = f".mb{micro_batch}.onnx"
+    return export, _sidecar_name(export)
+
+
 def export_path(checkpoint: Path, micro_batch: int) -> Path:
     """Where the export of `checkpoint` for `micro_batch` goes beside it."""
-    return checkpoint.with_name(f"{checkpoint.name}.mb{micro_batch}.onnx")
+    return checkpoint.with_name(checkpoint.name + export_suffixes(micro_batch)[0])
 
 
 def onnx_model(
@@ -244,7 +251,7 @@ def onnx_model(
                 f"checkpoint {path} does not exist or is not a file; check the path, or leave "
                 "the checkpoint out to run an untrained, randomly initialised model"
             )
-        digest, source = _sha256(path), str(path)
+        digest, source = file_sha256(path), str(path)
         target = export_path(path, micro_batch)
         if not os.access(path.parent, os.W_OK):
             target = _cache_dir() / f"{digest[:16]}-{target.name}"
@@ -408,16 +415,12 @@ def _export_lock(target: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _sidecar_name(export_name: str) -> str:
+    return export_name + ".json"
+
+
 def _sidecar(target: Path) -> Path:
-    return target.with_name(target.name + ".json")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(4 * 2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return target.with_name(_sidecar_name(target.name))
 
 
 def _cache_dir() -> Path:

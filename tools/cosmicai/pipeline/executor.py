@@ -238,6 +238,7 @@ def _model_path(s3: Any, task: RankTask, export_names: tuple[str, ...]) -> str |
 
 def run_engine(s3: Any, task: RankTask, paths: Iterable[Path]) -> dict[str, Any]:
     """Built-in AstroMAE inference over the rank's files (consumed one at a time, in order)."""
+    from cosmicai.inference.backends import export_suffixes
     from cosmicai.inference.engine import EngineConfig, run_inference
 
     settings = task.settings
@@ -250,9 +251,9 @@ def run_engine(s3: Any, task: RankTask, paths: Iterable[Path]) -> dict[str, Any]
     config.validate()
     micro_batch = config.resolved_micro_batch()
     backend = settings.get("backend") or os.environ.get(BACKEND_ENV) or "torch"
-    exports = (f".mb{micro_batch}.onnx", f".mb{micro_batch}.onnx.json")
+    exports = export_suffixes(micro_batch) if backend == "onnxruntime" else ()
     model = _cached_model(
-        _model_path(s3, task, exports if backend == "onnxruntime" else ()),
+        _model_path(s3, task, exports),
         settings.get("model_size") or "full",
         settings.get("trust_pickle") is True,
         config.device,
