@@ -51,21 +51,20 @@ from cosmicai.cost import (
     lambda_cost,
     load_prices,
 )
-from cosmicai.defaults import FUNCTIONS
+from cosmicai.defaults import FUNCTIONS, LAMBDA_MB_PER_VCPU
 from cosmicai.errors import CosmicAIError
+from cosmicai.inference.backends import BACKENDS
 from cosmicai.peak_memory import peak_rss_mb
 
 # Heavy imports (torch, boto3, moto, the inference package) are made where they are used: a
 # phase child's imports are part of the Init it measures.
 
 PHASES = ("reference", "ours")
-BACKENDS = ("torch", "onnxruntime")
 MODEL_SIZES = ("full", "tiny")
 BUCKET = "cosmicai-bench"
 BATCH_SIZE = 512  # the reference workflow's default batch size, and ours
 REFERENCE_MEMORY_MB = MEMORY_RANGE_MB[1]  # the reference's documented setting
 REFERENCE_EPHEMERAL_MB = 512  # Lambda's default: the reference keeps its partition in memory
-MB_PER_VCPU = 1769
 MAX_VCPUS = 6.0
 RSS_HEADROOM = 1.25
 TARGETS = {"cost_ratio_max": 0.5}
@@ -93,7 +92,7 @@ def lambda_vcpus(memory_mb: int) -> float:
     """The vCPUs Lambda gives `memory_mb`: proportional, 1 per 1,769 MB, 6 at 10,240 MB."""
     if memory_mb >= MEMORY_RANGE_MB[1]:
         return MAX_VCPUS
-    return min(MAX_VCPUS, memory_mb / MB_PER_VCPU)
+    return min(MAX_VCPUS, memory_mb / LAMBDA_MB_PER_VCPU)
 
 
 def choose_memory(peak_rss_mb: float) -> tuple[int, str]:
@@ -106,11 +105,11 @@ def choose_memory(peak_rss_mb: float) -> tuple[int, str]:
     vCPU is the cheapest such setting.
     """
     memory = math.ceil(peak_rss_mb * RSS_HEADROOM)
-    chosen = min(MEMORY_RANGE_MB[1], max(MB_PER_VCPU, memory))
+    chosen = min(MEMORY_RANGE_MB[1], max(LAMBDA_MB_PER_VCPU, memory))
     return chosen, (
         f"the smallest memory that holds the measured peak RSS ({peak_rss_mb:.0f} MB) with "
         f"{RSS_HEADROOM - 1:.0%} headroom ({memory} MB) and at least one full vCPU "
-        f"({MB_PER_VCPU} MB): neither the cost model nor the defaults pick a memory setting "
+        f"({LAMBDA_MB_PER_VCPU} MB): neither the cost model nor the defaults pick a memory setting "
         f"from a measurement (`cosmicai tune` sweeps for one)"
     )
 
@@ -153,14 +152,12 @@ def model_lambda(
 
 
 def available_backends() -> list[str]:
-    """torch, plus onnxruntime when it imports and the engine has that backend."""
-    from cosmicai.inference import backends
-
+    """torch, plus onnxruntime when it imports."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         return ["torch"]
-    return [name for name in BACKENDS if name in backends.BACKENDS]
+    return list(BACKENDS)
 
 
 def resolve_backends(choice: str) -> list[str]:
@@ -172,8 +169,8 @@ def resolve_backends(choice: str) -> list[str]:
         raise CosmicAIError(f"unknown backend {choice!r}; use one of {', '.join(BACKENDS)}, all")
     if choice not in available:
         raise CosmicAIError(
-            f"backend {choice!r} is not available here (it needs `import {choice}` to work and "
-            "the engine's support for it); install it, or use --backend torch"
+            f"backend {choice!r} is not available here (it needs `import {choice}` to work); "
+            "install it (cosmicai[executor]), or use --backend torch"
         )
     return [choice]
 

@@ -39,5 +39,7 @@ MAP_EXECUTION_TYPE = "EXPRESS"
 """Distributed Map children on AWS. STANDARD for ranks that may run longer than 5 minutes."""
 LOCAL_MAP_EXECUTION_TYPE = "STANDARD"
 """The emulator cannot run EXPRESS children of a Distributed Map."""
+LAMBDA_MB_PER_VCPU = 1769
+"""Lambda gives a function one vCPU per 1,769 MB of memory (proportionally)."""
 LOCAL_ACCOUNT_CONCURRENCY = 1000
 """Lambda's default concurrency quota per account and region; locally the CPUs queue the rest."""

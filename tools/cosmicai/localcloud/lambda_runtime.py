@@ -46,6 +46,7 @@ import psutil
 from moto.awslambda.exceptions import UnknownFunctionException
 from moto.awslambda.models import lambda_backends
 
+from cosmicai.defaults import LAMBDA_MB_PER_VCPU
 from cosmicai.lambda_report import ReportLine
 from cosmicai.localcloud import worker
 from cosmicai.localcloud.runtimes import Interpreter, cache_root, managed_runtime, resolve_image
@@ -53,12 +54,11 @@ from cosmicai.localcloud.runtimes import Interpreter, cache_root, managed_runtim
 log = logging.getLogger("cosmicai.localcloud.lambda")
 
 _POLL_S = 0.05
-MB_PER_VCPU = 1769  # Lambda gives about one vCPU per 1,769 MB of memory
 
 
 def vcpus_for(memory_mb: int, available: int) -> int:
     """The CPUs Lambda would give this memory size, capped by what this machine has."""
-    return max(1, min(available, math.ceil(memory_mb / MB_PER_VCPU)))
+    return max(1, min(available, math.ceil(memory_mb / LAMBDA_MB_PER_VCPU)))
 
 
 @dataclass(frozen=True)
