@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +53,7 @@ from cosmicai.cost import (
 from cosmicai.defaults import FUNCTIONS, LAMBDA_MB_PER_VCPU
 from cosmicai.errors import CosmicAIError
 from cosmicai.inference.backends import BACKENDS
+from cosmicai.inference.bench_phase import run_phase
 from cosmicai.peak_memory import peak_rss_mb
 
 # Heavy imports (torch, boto3, moto, the inference package) are made where they are used: a
@@ -404,18 +404,10 @@ class _Bench:
             "AWS_DEFAULT_REGION": "us-east-1",
         }
         load_before = os.getloadavg()[0]
-        spawned = time.time()
-        done = subprocess.run(
-            [sys.executable, "-m", __name__, phase, str(spec_path), str(out)],
-            capture_output=True, text=True, check=False, env=env,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise CosmicAIError(
-                f"benchmark phase {phase!r} failed (exit {done.returncode}):\n"
-                f"{done.stderr.strip()[-2000:]}"
-            )
+        command = [sys.executable, "-m", __name__, phase, str(spec_path), str(out)]
+        result, spawned, _ = run_phase(phase, command, out, env)
         return {
-            **json.loads(out.read_text()),
+            **result,
             "spawned": spawned,
             "load_average_before": load_before,
             "load_average_after": os.getloadavg()[0],

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 from cosmicai.demo import demo_payload, prepare_demo_data
 from cosmicai.errors import CosmicAIError
+from cosmicai.inference.bench_phase import run_phase
 from cosmicai.local_store import LocalS3Mirror
 from cosmicai.pipeline.layout import new_run_id
 
@@ -80,12 +80,8 @@ def _engine_alone(files: list[Path], model_size: str, batch_size: int, out: Path
         sys.executable, "-m", __name__, *map(str, files), "--model-size", model_size,
         "--batch-size", str(batch_size), "--out", str(out),
     ]  # fmt: skip
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    wall_s = time.perf_counter() - started
-    if done.returncode != 0:
-        raise CosmicAIError(f"the engine phase failed:\n{done.stderr.strip()[-2000:]}")
-    return {**json.loads(out.read_text()), "wall_s": wall_s}
+    result, spawned, exited = run_phase("engine alone", command, out)
+    return {**result, "wall_s": exited - spawned}
 
 
 def _engine_main(argv: list[str] | None = None) -> None:

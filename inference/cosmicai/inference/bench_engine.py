@@ -22,9 +22,7 @@ against the torch engine's (target: within 1e-6, ready within 1.0 s). Each phase
 
 from __future__ import annotations
 
-import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ import torch
 
 from cosmicai.errors import CosmicAIError
 from cosmicai.inference.backends import onnx_model
+from cosmicai.inference.bench_phase import run_phase
 from cosmicai.inference.checkpoint import save_checkpoint
 from cosmicai.inference.engine import EngineConfig, available_cpus
 from cosmicai.inference.model import AstroMAEConfig, build_model, flops_per_sample
@@ -183,14 +182,7 @@ def _run_phase(
         "--out",
         str(out),
     ]
-    spawned = time.time()
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise CosmicAIError(
-            f"benchmark phase {phase!r} failed (exit {done.returncode}):\n"
-            f"{done.stderr.strip()[-2000:]}"
-        )
-    result: dict[str, Any] = json.loads(out.read_text())
+    result, spawned, _ = run_phase(phase, command, out)
     result["cold_start_s"] = result.pop("ready_at") - spawned
     return result
 

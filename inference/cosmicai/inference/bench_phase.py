@@ -6,7 +6,8 @@ NumPy. The phase marks itself ready after its first forward pass (one zero micro
 `cold_start_s` is process start to a model that has run once.
 
 Run a phase by hand: `python -m cosmicai.inference.bench_phase PHASE --data FILE --model FILE
---batch-size B --threads T --out RESULT.json`.
+--batch-size B --threads T --out RESULT.json`. `run_phase` is how every benchmark (engine, cost,
+pipeline) runs its phases.
 """
 
 from __future__ import annotations
@@ -14,12 +15,36 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cosmicai.errors import CosmicAIError
+
 PHASES = ("reference", "engine", "engine-onnxruntime")
 BACKEND_OF_PHASE = {"engine": "torch", "engine-onnxruntime": "onnxruntime"}
+
+
+def run_phase(
+    phase: str, command: list[str], out: Path, env: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], float, float]:
+    """Run a benchmark phase's `command` in a fresh process; it writes its JSON result to `out`.
+
+    Returns (the result, spawn time, exit time; both seconds since the epoch, comparable with a
+    child's own `time.time()`). A failed phase is a CosmicAIError with the end of its stderr.
+    """
+    spawned = time.time()
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    exited = time.time()
+    if done.returncode != 0:
+        raise CosmicAIError(
+            f"benchmark phase {phase!r} failed (exit {done.returncode}):\n"
+            f"{done.stderr.strip()[-2000:]}"
+        )
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result, spawned, exited
 
 
 Outcome = tuple[list[float], int, dict[str, Any], float, float]
