@@ -104,13 +104,18 @@ def _accepted() -> str:
     return ", ".join(names[:-1]) + " or " + names[-1]
 
 
-def _checked(name: str, array: np.ndarray, where: str | Path) -> np.ndarray:
-    """`array` as float32, or DataFormatError unless its dtype and row shape fit `name`."""
-    if array.dtype.name not in ACCEPTED_DTYPES:
+def _check_dtype(name: str, dtype: Any, where: str | Path) -> None:
+    """DataFormatError unless `dtype` (NumPy's or torch's) is an accepted one."""
+    if _dtype_name(dtype).removeprefix("torch.") not in ACCEPTED_DTYPES:
         raise DataFormatError(
-            f"{where}: {name} has dtype {_dtype_name(array.dtype)}; accepted dtypes are "
+            f"{where}: {name} has dtype {_dtype_name(dtype)}; accepted dtypes are "
             f"{_accepted()} (read as float32); convert with .float()"
         )
+
+
+def _checked(name: str, array: np.ndarray, where: str | Path) -> np.ndarray:
+    """`array` as float32, or DataFormatError unless its dtype and row shape fit `name`."""
+    _check_dtype(name, array.dtype, where)
     row = _ROW_SHAPES[name]
     if array.ndim != 1 + len(row) or tuple(array.shape[1:]) != row:
         raise DataFormatError(
@@ -142,11 +147,7 @@ def _as_array(name: str, value: Any, where: str | Path, arrays: bool) -> np.ndar
     if arrays and isinstance(value, np.ndarray):
         return value
     if _is_tensor(value):
-        if _dtype_name(value.dtype).removeprefix("torch.") not in ACCEPTED_DTYPES:
-            raise DataFormatError(
-                f"{where}: {name} has dtype {value.dtype}; accepted dtypes are {_accepted()} "
-                "(read as float32); convert with .float()"
-            )
+        _check_dtype(name, value.dtype, where)  # before NumPy, which has no bfloat16 and such
         array: np.ndarray = value.detach().cpu().numpy()
         return array
     raise DataFormatError(f"{where}: {name} is a {type(value).__name__}, expected a torch.Tensor")
